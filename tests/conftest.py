@@ -1,0 +1,81 @@
+"""Fixtures that start real servers on free 127.0.0.1 ports and stop them by PID.
+
+Session-scoped: one Valkey, one SeaweedFS, one stack of real `celery worker` processes + Flower.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import pytest
+import redis
+
+from farm.services import free_port, start_valkey, start_weed
+from farm.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory):
+    port, password = free_port(), secrets.token_urlsafe(16)
+    proc = start_valkey(tmp_path_factory.mktemp("valkey"), port, password)
+    yield f"redis://:{password}@127.0.0.1:{port}/0"
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    port = free_port()
+    access, secret = "test" + secrets.token_hex(4), secrets.token_urlsafe(24)
+    proc = start_weed(tmp_path_factory.mktemp("seaweed"), port, access, secret)
+    yield {
+        "s3_endpoint": f"http://127.0.0.1:{port}",
+        "s3_access_key": access,
+        "s3_secret_key": secret,
+    }
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(valkey, seaweed, tmp_path_factory) -> Settings:
+    state = tmp_path_factory.mktemp("state")
+    return Settings(state_dir=state, redis_url=valkey, s3_bucket="farm-test", **seaweed)
+
+
+@pytest.fixture(scope="session")
+def object_store(settings):
+    from farm.stack import Stack
+
+    Stack(settings)._ensure_bucket(settings)
+    from farm.storage import ObjectStore
+
+    return ObjectStore.from_settings(settings)
+
+
+@pytest.fixture
+def redis_client(valkey):
+    client = redis.Redis.from_url(valkey)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def stack(settings, object_store):
+    """Real prior and decoder workers (and Flower) against the session's servers."""
+    from farm.stack import Stack
+
+    st = Stack(settings)
+    st.up(timeout=180)
+    yield st
+    st.down()
+
+
+@pytest.fixture(scope="session")
+def farm(stack, settings):
+    from farm.submit import Farm
+
+    return Farm(settings)
+
+
+def tiny_dir(settings: Settings) -> Path:
+    return settings.tiny_dir

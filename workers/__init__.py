@@ -1,0 +1,1 @@
+"""Celery app and thin task adapters over the farm's stage functions."""

@@ -1,0 +1,66 @@
+"""The Celery app factory and every Celery setting the farm relies on (see README, Reliability)."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from farm import keys
+from farm.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict:
+    """Celery settings for at-least-once delivery without pickle. Each line says why."""
+    transport = {
+        # kombu stamps a delivery once and never refreshes it: a task running longer than this
+        # is delivered again (celery#5935). Settings refuse a value below the hard time limit.
+        "visibility_timeout": settings.visibility_timeout_s,
+    }
+    return {
+        # JSON only: a pickle message would be code execution on the worker.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        "result_accept_content": ["json"],
+        "task_queues": [Queue(keys.PRIOR_QUEUE), Queue(keys.DECODER_QUEUE)],
+        "task_default_queue": keys.PRIOR_QUEUE,
+        "task_routes": {
+            keys.PRIOR_TASK: {"queue": keys.PRIOR_QUEUE},
+            keys.DECODER_TASK: {"queue": keys.DECODER_QUEUE},
+        },
+        # Ack after the task ran; a crashed or killed worker's task is delivered again.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # With late acks a worker reserves only the task it runs.
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "visibility_timeout": settings.visibility_timeout_s,
+        "task_time_limit": settings.task_time_limit_s,
+        "task_soft_time_limit": settings.task_soft_time_limit_s,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        # Late-ack tasks would otherwise run twice per connection loss.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Each restart reloads the models: recycle rarely, but do recycle leaks.
+        "worker_max_tasks_per_child": 10_000,
+        # Flower needs events; the farm's own records say more than task results.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "result_expires": 86_400,
+        "worker_hijack_root_logger": False,
+        "broker_connection_timeout": 5,
+        "redis_socket_connect_timeout": 5,
+    }
+
+
+def create_app(settings: Settings) -> Celery:
+    """A Celery app bound to the settings' Redis (broker and result backend)."""
+    settings.require_endpoints("redis_url")
+    app = Celery(
+        "farm", broker=settings.redis_url, backend=settings.redis_url, set_as_current=False
+    )
+    app.conf.update(celery_config(settings))
+    return app

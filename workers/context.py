@@ -1,0 +1,87 @@
+"""What a worker process builds once and hands to every task: clients, stores, pipelines.
+
+Pipelines load when the worker process starts (solo/threads pools: in the worker itself;
+prefork: in each child after the fork), never on the first job: a lazy load made the first job
+take 13-16 s, and CUDA cannot be initialised before a fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import redis
+from celery import Celery
+
+from farm.settings import Settings
+
+log = logging.getLogger("farm.worker")
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    app: Celery
+    redis: redis.Redis
+    stages: tuple[str, ...]
+    pipelines: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def embeddings(self):
+        from farm.embeddings import EmbeddingStore
+
+        return EmbeddingStore(self.redis, self.settings.embedding_ttl_s)
+
+    @property
+    def records(self):
+        from farm.records import RecordStore
+
+        return RecordStore(self.redis, self.settings.record_ttl_s)
+
+    @property
+    def objects(self):
+        if "objects" not in self.pipelines:
+            from farm.storage import ObjectStore
+
+            self.pipelines["objects"] = ObjectStore.from_settings(self.settings)
+        return self.pipelines["objects"]
+
+    def pipeline(self, stage: str):
+        return self.pipelines[stage]
+
+    def load(self) -> None:
+        from farm.models.registry import load_pipeline
+        from farm.models.tiny import is_tiny
+
+        for stage in self.stages:
+            model = self.settings.model_folder(stage)
+            t0 = time.perf_counter()
+            self.pipelines[stage] = load_pipeline(
+                model, stage, device=self.settings.device, dtype=self.settings.dtype
+            )
+            tiny = " (tiny random weights: images are noise)" if is_tiny(model) else ""
+            log.info("loaded %s model %s in %.2fs%s", stage, model, time.perf_counter() - t0, tiny)
+
+
+_current: WorkerContext | None = None
+
+
+def init(settings: Settings, app: Celery, stages: tuple[str, ...]) -> WorkerContext:
+    """Build this process's context and load its pipelines."""
+    global _current
+    ctx = WorkerContext(
+        settings=settings,
+        app=app,
+        redis=redis.Redis.from_url(settings.redis_url, health_check_interval=30),
+        stages=stages,
+    )
+    ctx.load()
+    _current = ctx
+    return ctx
+
+
+def current() -> WorkerContext:
+    if _current is None:
+        raise RuntimeError("worker context not initialised (worker_init did not run)")
+    return _current

@@ -1,0 +1,40 @@
+"""Worker entry point: ``celery -A workers.main worker -Q prior`` (or ``-Q decoder``).
+
+This is a process edge: settings are built here, once, from the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import signals
+
+from farm import keys
+from farm.settings import Settings
+from workers import context
+from workers.app import create_app
+from workers.tasks import register
+
+settings = Settings.load().with_stack()
+app = create_app(settings)
+register(app)
+
+_stages: tuple[str, ...] = ()
+STAGE_BY_QUEUE = {keys.PRIOR_QUEUE: "prior", keys.DECODER_QUEUE: "decoder"}
+
+
+@signals.worker_init.connect
+def _on_worker_init(sender, **_):
+    global _stages
+    queues = sender.app.amqp.queues.consume_from or {}
+    _stages = tuple(STAGE_BY_QUEUE[q] for q in queues if q in STAGE_BY_QUEUE)
+    pool = str(getattr(sender.pool_cls, "__module__", sender.pool_cls))
+    if "prefork" not in pool:
+        # solo / threads run tasks in this process: load here, before consuming.
+        context.init(settings, app, _stages)
+
+
+@signals.worker_process_init.connect
+def _on_child_init(**_):
+    logging.getLogger("farm.worker").setLevel(logging.INFO)
+    context.init(settings, app, _stages)

@@ -67,7 +67,12 @@ class Settings(BaseSettings):
     worker_pool: Literal["auto", "solo", "threads", "prefork"] = Field(
         "auto", description="Celery pool of the local workers; auto = solo on CUDA, else prefork."
     )
-    flower_port: int = Field(5555, ge=0, le=65535, description="Flower port for the local stack.")
+    flower_port: int = Field(
+        5555,
+        ge=0,
+        le=65535,
+        description="Flower port for the local stack (0 or busy: any free port).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

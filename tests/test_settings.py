@@ -93,3 +93,12 @@ def test_app_refuses_pickle(tmp_path):
     app = create_app(Settings(state_dir=tmp_path, redis_url="redis://127.0.0.1:1/0"))
     assert "pickle" not in app.conf.accept_content
     assert "application/x-python-serialize" not in app.conf.accept_content
+
+
+def test_readme_lists_every_setting_with_its_default():
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parent.parent.joinpath("README.md").read_text()
+    for name, field in Settings.model_fields.items():
+        default = "unset" if field.default is None else f"`{field.default}`"
+        assert f"| `FARM_{name.upper()}` | {default} |" in readme, name

@@ -1,0 +1,199 @@
+"""End to end through real `celery worker` processes (prior and decoder queues), Valkey and S3."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from farm import keys
+from farm.errors import InvalidJob
+
+pytestmark = pytest.mark.slow
+
+FAST = {"num_inference_steps": 2, "prior_num_inference_steps": 2}
+
+
+def test_jobs_become_pngs_of_the_requested_size(farm, object_store):
+    sizes = [(64, 64), (64, 128), (128, 64), (192, 128)]
+    jobs = [
+        {"prompt": f"job {i}", "seed": i, "height": h, "width": w, **FAST}
+        for i, (h, w) in enumerate(sizes)
+    ]
+    campaign = farm.submit(jobs)
+    records = campaign.wait(timeout=120)
+    assert [r.state.value for r in records] == ["done"] * len(jobs)
+    assert campaign.status()["done"] == len(jobs)
+    for rec, (h, w) in zip(records, sizes, strict=True):
+        assert rec.s3_key == keys.image_object("renders", campaign.id, rec.job_id)
+        img = Image.open(io.BytesIO(object_store.get(rec.s3_key)))
+        assert img.format == "PNG" and img.size == (w, h)
+        # The parameters travel inside the PNG, so a file explains itself.
+        assert json.loads(img.text["farm"])["seed"] == rec.seed
+        record = json.loads(
+            object_store.get(keys.record_object("renders", campaign.id, rec.job_id))
+        )
+        assert record["s3_key"] == rec.s3_key and record["seed"] == rec.seed
+        assert {"prior", "decode", "upload"} <= set(record["timings"])
+        assert set(rec.timings) >= {"prior", "decode", "upload"}
+
+
+def test_embeddings_are_dropped_once_decoded(farm, redis_client):
+    campaign = farm.submit([{"prompt": "tidy", "seed": 3, "height": 64, "width": 64, **FAST}])
+    (rec,) = campaign.wait(timeout=60)
+    assert rec.state.value == "done"
+    assert redis_client.exists(keys.embeddings(rec.job_id)) == 0
+
+
+def test_fidelity_pixel_identical_to_one_process(farm, object_store, settings):
+    """The farm's picture equals the guide's two calls in one process (CPU, float32, same seed)."""
+    import torch
+    from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
+
+    spec = {
+        "prompt": "A alien cheeseburger creature eating itself, claymation, cinematic, moody lighting",
+        "negative_prompt": "low quality, bad quality",
+        "seed": 1234,
+        "height": 128,
+        "width": 64,
+        "num_inference_steps": 4,
+        "prior_num_inference_steps": 3,
+        "guidance_scale": 4.0,
+        "prior_guidance_scale": 1.0,
+    }
+    (rec,) = farm.submit([spec]).wait(timeout=120)
+    assert rec.state.value == "done", rec.error
+    farm_pixels = np.asarray(Image.open(io.BytesIO(object_store.get(rec.s3_key))).convert("RGB"))
+
+    prior = KandinskyV22PriorPipeline.from_pretrained(settings.tiny_dir / "prior")
+    decoder = KandinskyV22Pipeline.from_pretrained(settings.tiny_dir / "decoder")
+    image_embeds, negative_image_embeds = prior(
+        spec["prompt"],
+        negative_prompt=spec["negative_prompt"],
+        guidance_scale=spec["prior_guidance_scale"],
+        num_inference_steps=spec["prior_num_inference_steps"],
+        generator=torch.Generator("cpu").manual_seed(spec["seed"]),
+    ).to_tuple()
+    image = decoder(
+        image_embeds=image_embeds,
+        negative_image_embeds=negative_image_embeds,
+        height=spec["height"],
+        width=spec["width"],
+        guidance_scale=spec["guidance_scale"],
+        num_inference_steps=spec["num_inference_steps"],
+        generator=torch.Generator("cpu").manual_seed(spec["seed"]),
+    ).images[0]
+    reference = np.asarray(image.convert("RGB"))
+    assert reference.shape == farm_pixels.shape == (128, 64, 3)
+    assert reference.std() > 0  # not a blank image that would match anything
+    np.testing.assert_array_equal(farm_pixels, reference)
+
+
+def test_different_seeds_give_different_pictures(farm, object_store):
+    jobs = [{"prompt": "same", "seed": s, "height": 64, "width": 64, **FAST} for s in (1, 2, 1)]
+    recs = farm.submit(jobs).wait(timeout=60)
+    pix = [np.asarray(Image.open(io.BytesIO(object_store.get(r.s3_key)))) for r in recs]
+    assert not np.array_equal(pix[0], pix[1])
+    np.testing.assert_array_equal(pix[0], pix[2])
+
+
+def test_bad_job_refused_before_anything_is_enqueued(farm, redis_client):
+    before_queue = redis_client.llen(keys.PRIOR_QUEUE)
+    before_jobs = len(redis_client.keys(keys.job("*")))
+    with pytest.raises(InvalidJob) as exc:
+        farm.submit([{"prompt": "fine", **FAST}, {"prompt": "bad", "height": 100}])
+    assert exc.value.field == "height" and exc.value.index == 1
+    assert redis_client.llen(keys.PRIOR_QUEUE) == before_queue
+    assert len(redis_client.keys(keys.job("*"))) == before_jobs
+
+
+def test_lost_embeddings_are_recomputed(farm, redis_client, stack):
+    """A decoder that finds its embeddings gone sends the job back to the prior."""
+    campaign = farm.submit([{"prompt": "recompute", "seed": 5, "height": 64, "width": 64, **FAST}])
+    job_id = campaign.job_ids[0]
+    campaign.wait(timeout=60)
+    # Replay the decoder message for a job whose embeddings expired (state reset as after a crash).
+    redis_client.hset(keys.job(job_id), "state", "decoding")
+    redis_client.delete(keys.attempts(job_id, "decoder"), keys.attempts(job_id, "prior"))
+    farm.app.send_task(
+        keys.DECODER_TASK,
+        kwargs={
+            "job_id": job_id,
+            "campaign_id": campaign.id,
+            "spec": campaign.records()[0].spec.to_dict(),
+            "emb_key": keys.embeddings(job_id),
+        },
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (
+            redis_client.get(keys.attempts(job_id, "prior"))
+            and campaign.records()[0].state.value == "done"
+        ):
+            break
+        time.sleep(0.2)
+    assert int(redis_client.get(keys.attempts(job_id, "prior"))) == 1
+    assert campaign.records()[0].state.value == "done"
+
+
+def test_duplicate_delivery_of_finished_job_is_skipped(farm, redis_client):
+    campaign = farm.submit([{"prompt": "once", "seed": 9, "height": 64, "width": 64, **FAST}])
+    (rec,) = campaign.wait(timeout=60)
+    result = farm.app.send_task(
+        keys.PRIOR_TASK,
+        kwargs={"job_id": rec.job_id, "campaign_id": campaign.id, "spec": rec.spec.to_dict()},
+    )
+    assert result.get(timeout=30) == {"job_id": rec.job_id, "skipped": True}
+    assert int(redis_client.get(keys.attempts(rec.job_id, "prior"))) == 1
+
+
+def test_pickle_message_is_refused(farm, redis_client):
+    """A pickle-typed message injected into the broker never runs."""
+    from kombu import Connection
+
+    campaign = farm.submit([{"prompt": "probe", "seed": 1, "height": 64, "width": 64, **FAST}])
+    campaign.wait(timeout=60)
+    with Connection(farm.settings.redis_url) as conn:
+        producer = conn.Producer(serializer="pickle")
+        producer.publish(
+            {"task": keys.PRIOR_TASK, "id": "evil", "args": [], "kwargs": {}},
+            routing_key=keys.PRIOR_QUEUE,
+            serializer="pickle",
+            headers={
+                "task": keys.PRIOR_TASK,
+                "id": "evil",
+                "lang": "py",
+                "argsrepr": "",
+                "kwargsrepr": "",
+            },
+        )
+    # The worker drops it (content type not accepted); the queue drains and nothing ran.
+    deadline = time.monotonic() + 20
+    while redis_client.llen(keys.PRIOR_QUEUE) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert redis_client.llen(keys.PRIOR_QUEUE) == 0
+    assert farm.app.AsyncResult("evil").state == "PENDING"
+
+
+def test_failure_is_recorded_with_type_and_message(farm, redis_client):
+    """A job whose stage raises ends failed, with the error type and message on its record."""
+    campaign = farm.submit([{"prompt": "boom", "seed": 1, "height": 64, "width": 64, **FAST}])
+    job_id = campaign.job_ids[0]
+    campaign.wait(timeout=60)
+    redis_client.hset(keys.job(job_id), "state", "queued")
+    redis_client.delete(keys.attempts(job_id, "prior"))
+    # A spec the worker cannot parse (bypassing submission's validation) fails in the task.
+    farm.app.send_task(
+        keys.PRIOR_TASK,
+        kwargs={"job_id": job_id, "campaign_id": campaign.id, "spec": {"prompt": ""}},
+    )
+    deadline = time.monotonic() + 30
+    while campaign.records()[0].state.value != "failed" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rec = campaign.records()[0]
+    assert rec.state.value == "failed"
+    assert rec.error["type"] == "ValidationError" and "prompt" in rec.error["message"]

@@ -1,0 +1,93 @@
+"""The local stack as operators see it: `farm status --json`, Flower, and the demo end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+FAST = {"num_inference_steps": 2, "prior_num_inference_steps": 2}
+
+
+def _farm(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "farm.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _clean_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env.update(extra)
+    return env
+
+
+def test_status_json_lists_endpoints_and_workers(stack, settings):
+    res = _farm("status", "--json", env=_clean_env(FARM_STATE_DIR=str(settings.state_dir)))
+    assert res.returncode == 0, res.stderr
+    status = json.loads(res.stdout)
+    assert status["running"] is True
+    assert status["redis_url"] == settings.redis_url
+    assert status["s3_endpoint"] == settings.s3_endpoint and status["bucket"] == "farm-test"
+    assert status["flower_url"].startswith("http://127.0.0.1:")
+    assert status["workers"] == {"prior": 1, "decoder": 1}
+    # Human output never shows the Redis password.
+    human = _farm("status", env=_clean_env(FARM_STATE_DIR=str(settings.state_dir)))
+    password = settings.redis_url.split(":")[2].split("@")[0]
+    assert password not in human.stdout and "***" in human.stdout
+
+
+def test_flower_sees_workers_and_tasks(stack, farm):
+    flower = stack.read_state()["flower_url"]
+    recs = farm.submit([{"prompt": "flower", "seed": 2, "height": 64, "width": 64, **FAST}]).wait(
+        timeout=60
+    )
+    assert httpx.get(f"{flower}/healthcheck").status_code == 200
+    deadline = time.monotonic() + 20
+    names: set = set()
+    while time.monotonic() < deadline:
+        tasks = httpx.get(f"{flower}/api/tasks", params={"limit": 1000}).json()
+        names = {t["name"] for t in tasks.values() if recs[0].job_id in (t.get("kwargs") or "")}
+        if names >= {"farm.prior", "farm.decoder"}:
+            break
+        time.sleep(0.3)
+    assert names >= {"farm.prior", "farm.decoder"}
+    workers = httpx.get(f"{flower}/api/workers", params={"refresh": "true"}).json()
+    queues = {q["name"] for w in workers.values() for q in w.get("active_queues", [])}
+    assert queues >= {"prior", "decoder"}
+    assert "flower_events_total" in httpx.get(f"{flower}/metrics").text
+
+
+def test_demo_end_to_end_on_embedded_servers(tmp_path):
+    """`farm demo` starts its own Valkey + SeaweedFS + workers + Flower, renders, and stops them."""
+    state, out = tmp_path / "state", tmp_path / "out"
+    env = _clean_env(FARM_STATE_DIR=str(state), FARM_FLOWER_PORT="0")
+    res = _farm("demo", "--out", str(out), "--size", "64", "--steps", "2", env=env, timeout=400)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "TINY RANDOM-WEIGHT" in res.stdout and "FARM_PRIOR_MODEL=" in res.stdout
+    assert "s3://farm/renders/" in res.stdout and "Flower: http://127.0.0.1:" in res.stdout
+    with Image.open(out / "contact_sheet.png") as sheet:
+        assert sheet.size == (2 * 64, 3 * 64)  # 3 prompts x 2 seeds
+    assert len(list(out.glob("*-seed*.png"))) == 6
+    # Everything it started is gone again.
+    assert not (state / "stack.json").exists()
+    down = _farm("status", "--json", env=env)
+    assert json.loads(down.stdout)["running"] is False
+    for pidfile_proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (pidfile_proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        assert str(state).encode() not in cmd, cmd

@@ -114,7 +114,8 @@ def run(
         return summary
     finally:
         if owned and not keep_up:
-            echo("stopping the local stack")
+            echo("stopping the local stack (objects stay in its S3 data; `farm demo --keep-up`")
+            echo("keeps it running to browse Flower; `farm up` brings it back)")
             stack.down()
         elif owned:
             echo("the stack is still up: `farm status`, `farm down`")

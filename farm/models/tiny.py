@@ -190,11 +190,11 @@ def build_k22(out: Path) -> dict[str, Path]:
     Returns:
         The two pipeline folders, by stage name.
     """
-    from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
-
     from farm.models import quiet
 
-    quiet()
+    quiet()  # before the pipeline imports, which log about torchvision
+    from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
+
     out = Path(out)
     prior_dir, decoder_dir = out / "prior", out / "decoder"
     _write_clip_tokenizer(out / "_tokenizer")

@@ -1,1 +1,1 @@
-"""The producer HTTP API (FastAPI). Arrives with campaigns; the Python API in farm.submit works now."""
+"""The producer HTTP API (FastAPI): `uvicorn api.app:create_app --factory`."""

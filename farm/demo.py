@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import sys
 import time
 from pathlib import Path
@@ -62,9 +61,8 @@ def run(
     from diffusers.utils import make_image_grid
     from PIL import Image
 
+    from farm.client import Client
     from farm.stack import Stack
-    from farm.storage import ObjectStore
-    from farm.submit import Farm
 
     t0 = time.perf_counter()
     stack = Stack(settings)
@@ -75,42 +73,51 @@ def run(
         echo(f"starting the local stack in {stack.dir} ...")
         stack.up()
     try:
-        live = settings.with_stack()
         state = stack.read_state() or {}
-        farm = Farm(live)
+        live = settings.with_stack()
         jobs = demo_jobs(settings, size=size, steps=steps)
-        echo(f"submitting {len(jobs)} jobs ({len(PROMPTS)} prompts x {len(SEEDS)} seeds)")
-        campaign = farm.submit(jobs)
-        records = campaign.wait(timeout=timeout, progress=True)
-        failed = [r for r in records if r.state.value != "done"]
-        if failed:
-            raise SystemExit(f"{len(failed)} demo jobs failed; first: {failed[0].error}")
-        store = ObjectStore.from_settings(live)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        images, files, uris = [], [], []
-        for i, rec in enumerate(records):
-            data = store.get(rec.s3_key)
-            path = out_dir / f"{i:02d}-seed{rec.seed}-{rec.job_id[:8]}.png"
-            path.write_bytes(data)
-            images.append(Image.open(io.BytesIO(data)).convert("RGB"))
-            files.append(str(path))
-            uris.append(store.uri(rec.s3_key))
+        with Client.from_settings(live) as client:
+            echo(
+                f"submitting {len(jobs)} jobs ({len(PROMPTS)} prompts x {len(SEEDS)} seeds) to {live.api_url}"
+            )
+            campaign = client.submit_campaign(jobs, name="demo")
+            status = campaign.wait(timeout=timeout, progress=True, poll_s=0.25)
+            if status["counts"]["done"] != len(jobs):
+                failed = next(campaign.results(state="failed"), {})
+                raise SystemExit(
+                    f"demo jobs did not all finish: {status['counts']}; first error: {failed.get('error')}"
+                )
+            results = list(campaign.results())
+            files = [Path(f) for f in campaign.download(out_dir)]
+        bucket = live.s3_bucket
+        uris = [f"s3://{bucket}/{job['s3_key']}" for job in results]
+        images = []
+        for f in files:
+            with Image.open(f) as im:
+                images.append(im.convert("RGB"))
         sheet = out_dir / "contact_sheet.png"
         make_image_grid(images, rows=len(PROMPTS), cols=len(SEEDS)).save(sheet)
         summary = {
             "campaign_id": campaign.id,
             "s3_uris": uris,
-            "files": files,
+            "files": [str(f) for f in files],
             "contact_sheet": str(sheet),
             "flower_url": state.get("flower_url"),
+            "api_url": live.api_url,
             "tiny_models": settings.uses_tiny,
             "seconds": round(time.perf_counter() - t0, 2),
         }
-        echo(f"\ncampaign {campaign.id}: {len(records)} images in {summary['seconds']}s")
+        rate = status.get("images_per_second")
+        echo(
+            f"\ncampaign {campaign.id}: {len(files)} images in {summary['seconds']}s (render rate {rate} img/s)"
+        )
         for uri, f in zip(uris, files, strict=True):
             echo(f"  {uri}  ->  {f}")
+        echo(
+            f"results manifest: s3://{bucket}/{uris[0].split('/', 3)[3].rsplit('/', 1)[0]}/results.jsonl"
+        )
         echo(f"contact sheet: {sheet}")
-        echo(f"Flower: {summary['flower_url']}")
+        echo(f"Flower: {summary['flower_url']}   API: {live.api_url}/docs")
         return summary
     finally:
         if owned and not keep_up:

@@ -4,7 +4,9 @@
     ├── InvalidJob            bad input; nothing was enqueued
     ├── ConfigError           settings that cannot work together
     ├── ModelError            a model id or folder that cannot be loaded
-    ├── NotFound              an unknown job or campaign id
+    ├── NotFound              an unknown job or campaign id (or another tenant's)
+    ├── Unauthorized          a missing or unknown API token
+    ├── Conflict              an Idempotency-Key reused with a different request
     ├── ServiceUnavailable    Redis or S3 cannot be reached (transient: retry later)
     ├── StackError            the local stack cannot be started or stopped
     └── JobFailed             a job ended in failure (carries the worker's error type + message)
@@ -44,6 +46,14 @@ class ModelError(FarmError):
 
 class NotFound(FarmError):
     """Raised when a job or campaign id is unknown."""
+
+
+class Unauthorized(FarmError):
+    """Raised when an API request carries no token or an unknown one."""
+
+
+class Conflict(FarmError):
+    """Raised when an Idempotency-Key is reused with a different request body."""
 
 
 class ServiceUnavailable(FarmError):

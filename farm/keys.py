@@ -7,10 +7,12 @@ PRIOR_QUEUE = "prior"
 DECODER_QUEUE = "decoder"
 PRIOR_TASK = "farm.prior"
 DECODER_TASK = "farm.decoder"
+FINALIZE_TASK = "farm.finalize"
+DEFAULT_TENANT = "default"
 
 
 def job(job_id: str) -> str:
-    """Hash: the job's record (state, spec, result, error, timings)."""
+    """Hash: the job's record (campaign, state, spec, result, error, timings)."""
     return f"{PREFIX}job:{job_id}"
 
 
@@ -24,16 +26,54 @@ def attempts(job_id: str, stage: str) -> str:
     return f"{PREFIX}attempts:{job_id}:{stage}"
 
 
+def campaign(campaign_id: str) -> str:
+    """Hash: the campaign's tenant, size, times, cancel flag."""
+    return f"{PREFIX}campaign:{campaign_id}"
+
+
+def campaign_counts(campaign_id: str) -> str:
+    """Hash: jobs per state, kept by the same script that moves a job between states."""
+    return f"{PREFIX}campaign:{campaign_id}:counts"
+
+
 def campaign_jobs(campaign_id: str) -> str:
     """List: the campaign's job ids in submission order."""
     return f"{PREFIX}campaign:{campaign_id}:jobs"
 
 
-def image_object(prefix: str, campaign_id: str, job_id: str) -> str:
+def tenant_campaigns(tenant: str) -> str:
+    """Sorted set: a tenant's campaign ids by creation time."""
+    return f"{PREFIX}tenant:{tenant}:campaigns"
+
+
+def idempotency(tenant: str, key: str) -> str:
+    """String: the campaign id created for a tenant's Idempotency-Key."""
+    return f"{PREFIX}idem:{tenant}:{key}"
+
+
+def campaign_prefix(prefix: str, tenant: str, campaign_id: str) -> str:
+    """S3 folder of one campaign: everything it writes lives below it."""
+    return f"{prefix}/{tenant}/{campaign_id}"
+
+
+def image_object(prefix: str, tenant: str, campaign_id: str, job_id: str) -> str:
     """S3 key of a job's PNG: deterministic, so a second execution overwrites the same object."""
-    return f"{prefix}/{campaign_id}/{job_id}.png"
+    return f"{campaign_prefix(prefix, tenant, campaign_id)}/{job_id}.png"
 
 
-def record_object(prefix: str, campaign_id: str, job_id: str) -> str:
-    """S3 key of a job's result record (JSON), written beside its image."""
-    return f"{prefix}/{campaign_id}/{job_id}.json"
+def record_object(image_key: str) -> str:
+    """S3 key of a job's result record (JSON), beside its image."""
+    return image_key.removesuffix(".png") + ".json"
+
+
+def manifest_object(prefix: str, tenant: str, campaign_id: str) -> str:
+    """S3 key of the campaign manifest (spec + expanded jobs): the source of truth."""
+    return f"{campaign_prefix(prefix, tenant, campaign_id)}/manifest.json"
+
+
+def results_object(prefix: str, tenant: str, campaign_id: str) -> str:
+    return f"{campaign_prefix(prefix, tenant, campaign_id)}/results.jsonl"
+
+
+def contact_sheet_object(prefix: str, tenant: str, campaign_id: str) -> str:
+    return f"{campaign_prefix(prefix, tenant, campaign_id)}/contact_sheet.png"

@@ -1,10 +1,16 @@
-"""Job records in Redis: one hash per job, one list of job ids per campaign."""
+"""Job and campaign records in Redis.
+
+A job moves between states only through one Lua script, which checks the state it leaves
+(so a worker can never overwrite a cancel, nor a late duplicate a finished job), keeps the
+campaign's per-state counts and times in the same atomic step, and says when the move finished
+the campaign — exactly once.
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import redis
 
@@ -12,52 +18,174 @@ from farm import keys
 from farm.errors import NotFound, ServiceUnavailable
 from farm.jobs import JobRecord, JobSpec, JobState
 
-BATCH = 500  # pipelined round trips: a campaign of 10,000 jobs is 20 of them
+BATCH = 1000  # commands per pipelined round trip
+
+ACTIVE = (JobState.QUEUED, JobState.PRIOR, JobState.DECODING)
+TERMINAL = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+# KEYS: job, counts, campaign. ARGV: new state, now, allowed states (comma list), field/value...
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {0, '', 0} end
+local ok = false
+for s in string.gmatch(ARGV[3], '[^,]+') do if s == cur then ok = true end end
+if not ok then return {0, cur, 0} end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[2])
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local complete = 0
+if cur ~= ARGV[1] then
+  redis.call('HINCRBY', KEYS[2], cur, -1)
+  redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+  if ARGV[1] == 'prior' then redis.call('HSETNX', KEYS[3], 'started_at', ARGV[2]) end
+  if ARGV[1] == 'done' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled' then
+    local c = redis.call('HMGET', KEYS[2], 'done', 'failed', 'cancelled')
+    local n = (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) + (tonumber(c[3]) or 0)
+    if n == tonumber(redis.call('HGET', KEYS[3], 'total') or '-1') then
+      redis.call('HSET', KEYS[3], 'finished_at', ARGV[2])
+      complete = 1
+    end
+  elseif cur == 'done' or cur == 'failed' or cur == 'cancelled' then
+    redis.call('HDEL', KEYS[3], 'finished_at')
+  end
+end
+return {1, cur, complete}
+"""
+
+
+def _states(states: Iterable[JobState]) -> str:
+    return ",".join(s.value for s in states)
 
 
 class RecordStore:
-    """Creates, updates and reads job records."""
+    """Creates, moves and reads job and campaign records."""
 
     def __init__(self, client: redis.Redis, ttl_s: int):
         self.client = client
         self.ttl_s = ttl_s
+        self._transition = client.register_script(_TRANSITION)
 
-    def create(self, campaign_id: str, jobs: list[tuple[str, JobSpec]]) -> None:
+    # -- create -------------------------------------------------------------------------------
+
+    def create_campaign(
+        self,
+        campaign_id: str,
+        tenant: str,
+        jobs: list[tuple[str, JobSpec]],
+        *,
+        prefix: str,
+        name: str | None = None,
+        total: int | None = None,
+        states: dict[str, JobState] | None = None,
+    ) -> None:
+        """Record a campaign and its jobs (all queued unless ``states`` says otherwise)."""
         now = time.time()
+        ckey, counts = keys.campaign(campaign_id), keys.campaign_counts(campaign_id)
+        total = len(jobs) if total is None else total
         try:
-            for start in range(0, len(jobs), BATCH):
-                pipe = self.client.pipeline(transaction=False)
-                chunk = jobs[start : start + BATCH]
-                for job_id, spec in chunk:
-                    key = keys.job(job_id)
-                    pipe.hset(
-                        key,
-                        mapping={
-                            "campaign_id": campaign_id,
-                            "state": JobState.QUEUED.value,
-                            "spec": spec.model_dump_json(),
-                            "created_at": now,
-                            "updated_at": now,
-                        },
-                    )
-                    pipe.expire(key, self.ttl_s)
-                pipe.rpush(keys.campaign_jobs(campaign_id), *(j for j, _ in chunk))
-                pipe.expire(keys.campaign_jobs(campaign_id), self.ttl_s)
-                pipe.execute()
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hset(
+                ckey,
+                mapping={"tenant": tenant, "total": total, "created_at": now, "name": name or ""},
+            )
+            pipe.hset(counts, mapping={s.value: 0 for s in JobState})
+            pipe.zadd(keys.tenant_campaigns(tenant), {campaign_id: now})
+            for key in (ckey, counts, keys.tenant_campaigns(tenant)):
+                pipe.expire(key, self.ttl_s)
+            pipe.execute()
+            self._add_jobs(campaign_id, tenant, prefix, jobs, now, states or {})
         except redis.RedisError as e:
-            raise ServiceUnavailable(f"redis: cannot record jobs: {e}") from e
+            raise ServiceUnavailable(f"redis: cannot record campaign: {e}") from e
 
-    def update(self, job_id: str, state: JobState, **fields) -> None:
-        mapping = {"state": state.value, "updated_at": time.time()}
+    def _add_jobs(
+        self,
+        campaign_id: str,
+        tenant: str,
+        prefix: str,
+        jobs: list[tuple[str, JobSpec]],
+        now: float,
+        states: dict[str, JobState],
+    ) -> None:
+        # Each record holds its output key from the start: done means that object exists.
+        for start in range(0, len(jobs), BATCH):
+            pipe = self.client.pipeline(transaction=False)
+            chunk = jobs[start : start + BATCH]
+            per_state: dict[str, int] = {}
+            for job_id, spec in chunk:
+                state = states.get(job_id, JobState.QUEUED).value
+                per_state[state] = per_state.get(state, 0) + 1
+                key = keys.job(job_id)
+                pipe.hset(
+                    key,
+                    mapping={
+                        "campaign_id": campaign_id,
+                        "state": state,
+                        "spec": spec.model_dump_json(),
+                        "s3_key": keys.image_object(prefix, tenant, campaign_id, job_id),
+                        "created_at": now,
+                        "updated_at": now,
+                    },
+                )
+                pipe.expire(key, self.ttl_s)
+            pipe.rpush(keys.campaign_jobs(campaign_id), *(j for j, _ in chunk))
+            pipe.expire(keys.campaign_jobs(campaign_id), self.ttl_s)
+            for state, n in per_state.items():
+                pipe.hincrby(keys.campaign_counts(campaign_id), state, n)
+            pipe.execute()
+
+    # -- move ---------------------------------------------------------------------------------
+
+    def move(
+        self, job_id: str, campaign_id: str, to: JobState, allowed: Iterable[JobState], **fields
+    ) -> tuple[bool, JobState | None, bool]:
+        """Move a job to ``to`` if it is in one of ``allowed``.
+
+        Returns:
+            (moved, the state it was in, whether this move finished the campaign).
+        """
+        argv: list = [to.value, time.time(), _states(allowed)]
         for name, value in fields.items():
-            mapping[name] = value if isinstance(value, str | int | float) else json.dumps(value)
+            argv += [name, value if isinstance(value, str | int | float) else json.dumps(value)]
         try:
-            self.client.hset(keys.job(job_id), mapping=mapping)
+            ok, cur, complete = self._transition(
+                keys=[
+                    keys.job(job_id),
+                    keys.campaign_counts(campaign_id),
+                    keys.campaign(campaign_id),
+                ],
+                args=argv,
+            )
         except redis.RedisError as e:
             raise ServiceUnavailable(f"redis: cannot update job {job_id}: {e}") from e
+        cur = cur.decode() if isinstance(cur, bytes) else cur
+        return bool(ok), (JobState(cur) if cur else None), bool(complete)
+
+    def move_many(
+        self, campaign_id: str, job_ids: list[str], to: JobState, allowed: Iterable[JobState]
+    ) -> list[str]:
+        """Move many jobs in pipelined batches; returns the ids that moved."""
+        moved: list[str] = []
+        allowed_s = _states(allowed)
+        ck = [keys.campaign_counts(campaign_id), keys.campaign(campaign_id)]
+        try:
+            for start in range(0, len(job_ids), BATCH):
+                chunk = job_ids[start : start + BATCH]
+                pipe = self.client.pipeline(transaction=False)
+                now = time.time()
+                for job_id in chunk:
+                    self._transition(
+                        keys=[keys.job(job_id), *ck], args=[to.value, now, allowed_s], client=pipe
+                    )
+                for job_id, (ok, _, _) in zip(chunk, pipe.execute(), strict=True):
+                    if ok:
+                        moved.append(job_id)
+        except redis.RedisError as e:
+            raise ServiceUnavailable(f"redis: cannot update jobs: {e}") from e
+        return moved
 
     def add_timing(self, job_id: str, name: str, seconds: float) -> None:
         self.client.hset(keys.job(job_id), f"t_{name}", round(seconds, 6))
+
+    # -- read ---------------------------------------------------------------------------------
 
     def state(self, job_id: str) -> JobState | None:
         value = self.client.hget(keys.job(job_id), "state")
@@ -83,19 +211,33 @@ class RecordStore:
             raise ServiceUnavailable(f"redis: cannot read jobs: {e}") from e
         return out
 
-    def campaign_job_ids(self, campaign_id: str) -> list[str]:
+    def campaign(self, campaign_id: str) -> dict | None:
+        """The campaign hash and its counts, or None if Redis does not know it."""
         try:
-            ids = self.client.lrange(keys.campaign_jobs(campaign_id), 0, -1)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hgetall(keys.campaign(campaign_id))
+            pipe.hgetall(keys.campaign_counts(campaign_id))
+            raw, counts = pipe.execute()
         except redis.RedisError as e:
             raise ServiceUnavailable(f"redis: cannot read campaign {campaign_id}: {e}") from e
-        if not ids:
-            raise NotFound(f"unknown campaign {campaign_id}")
+        if not raw:
+            return None
+        info = {k.decode(): v.decode() for k, v in raw.items()}
+        info["counts"] = {s.value: 0 for s in JobState} | {
+            k.decode(): int(v) for k, v in counts.items()
+        }
+        return info
+
+    def campaign_job_ids(self, campaign_id: str, start: int = 0, stop: int = -1) -> list[str]:
+        try:
+            ids = self.client.lrange(keys.campaign_jobs(campaign_id), start, stop)
+        except redis.RedisError as e:
+            raise ServiceUnavailable(f"redis: cannot read campaign {campaign_id}: {e}") from e
         return [i.decode() for i in ids]
 
-    def iter_campaign(self, campaign_id: str) -> Iterator[JobRecord]:
-        for rec in self.get_many(self.campaign_job_ids(campaign_id)):
-            if rec is not None:
-                yield rec
+    def tenant_campaigns(self, tenant: str, limit: int = 100) -> list[str]:
+        ids = self.client.zrevrange(keys.tenant_campaigns(tenant), 0, limit - 1)
+        return [i.decode() for i in ids]
 
 
 def _record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:

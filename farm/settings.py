@@ -67,6 +67,20 @@ class Settings(BaseSettings):
     worker_pool: Literal["auto", "solo", "threads", "prefork"] = Field(
         "auto", description="Celery pool of the local workers; auto = solo on CUDA, else prefork."
     )
+    api_tokens: SecretStr | None = Field(
+        None,
+        description="API server: comma-separated tenant:token pairs; each token is a tenant. "
+        "Unset with `farm up`: one generated token for tenant 'default'.",
+    )
+    api_url: str | None = Field(
+        None, description="Client: the farm API's URL. Unset: the local stack's."
+    )
+    api_token: SecretStr | None = Field(
+        None, description="Client: the bearer token to send. Unset: the local stack's."
+    )
+    api_port: int = Field(
+        8470, ge=0, le=65535, description="API port for the local stack (0 or busy: any free port)."
+    )
     flower_port: int = Field(
         5555,
         ge=0,
@@ -98,7 +112,7 @@ class Settings(BaseSettings):
 
     def with_stack(self) -> Settings:
         """Fill unset endpoints and credentials from the local stack's state file, if it runs."""
-        if self.redis_url and self.s3_endpoint:
+        if self.redis_url and self.s3_endpoint and self.api_url:
             return self
         state = self.state_dir / "stack.json"
         if not state.is_file():
@@ -112,7 +126,24 @@ class Settings(BaseSettings):
             update["s3_access_key"] = SecretStr(stack["s3_access_key"])
             update["s3_secret_key"] = SecretStr(stack["s3_secret_key"])
             update["s3_bucket"] = stack.get("bucket", self.s3_bucket)
+        if not self.api_url and stack.get("api_url"):
+            update["api_url"] = stack["api_url"]
+            if not self.api_token:
+                update["api_token"] = SecretStr(stack["token"])
         return self.model_copy(update=update)
+
+    def tenants(self) -> dict[str, str]:
+        """API server: token -> tenant, from ``api_tokens``."""
+        out: dict[str, str] = {}
+        raw = self.api_tokens.get_secret_value() if self.api_tokens else ""
+        for pair in filter(None, (p.strip() for p in raw.split(","))):
+            tenant, sep, token = pair.partition(":")
+            if not sep or not tenant or len(token) < 16:
+                raise ConfigError(
+                    "FARM_API_TOKENS: each entry must be tenant:token, tokens of 16+ characters"
+                )
+            out[token] = tenant
+        return out
 
     def require_endpoints(self, *names: str) -> None:
         """Raise a clear error when Redis or S3 (or only ``names``) is not configured."""

@@ -199,7 +199,28 @@ class Stack:
         started.append(flower)
         state["flower_url"] = f"http://127.0.0.1:{port}"
         state["pool"] = pool
+        api = self._start_api(settings, env, state)
+        started.append(api)
         wait_port(port, 30, flower)
+        wait_port(int(state["api_url"].rsplit(":", 1)[1]), 30, api)
+
+    def _start_api(self, settings: Settings, env: dict, state: dict) -> Proc:
+        if settings.api_tokens:
+            tokens = settings.api_tokens.get_secret_value()
+        else:
+            tokens = f"{keys.DEFAULT_TENANT}:{secrets.token_urlsafe(32)}"
+        first = tokens.split(",")[0].partition(":")[2]
+        port = settings.api_port
+        if not port or not port_free(port):
+            port = free_port()
+        argv = [
+            sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
+            "--host", "127.0.0.1", "--port", str(port), "--log-level", "info", "--no-access-log",
+        ]  # fmt: skip
+        api_env = {**env, "FARM_API_TOKENS": tokens}
+        state["api_url"] = f"http://127.0.0.1:{port}"
+        state["token"] = first
+        return spawn("api", argv, self.dir / "logs" / "api.log", api_env, "uvicorn")
 
     def _wait_workers(self, settings: Settings, timeout: float) -> None:
         """Wait until each queue has a worker that answers (its models are loaded by then)."""
@@ -223,7 +244,14 @@ class Stack:
         state = self.read_state()
         if not state:
             return []
-        order = {"flower": 0, "worker-prior": 1, "worker-decoder": 1, "seaweedfs": 2, "valkey": 3}
+        order = {
+            "api": 0,
+            "flower": 0,
+            "worker-prior": 1,
+            "worker-decoder": 1,
+            "seaweedfs": 2,
+            "valkey": 3,
+        }
         stopped = []
         for p in sorted(self.procs(state), key=lambda p: order.get(p.name, 1)):
             if p.alive():
@@ -251,6 +279,8 @@ class Stack:
             "s3_endpoint": state["s3_endpoint"],
             "bucket": state["bucket"],
             "flower_url": state.get("flower_url"),
+            "api_url": state.get("api_url"),
+            "token": state.get("token"),
             "workers": {q: workers.get(q, 0) for q in (keys.PRIOR_QUEUE, keys.DECODER_QUEUE)},
             "processes": procs,
             "tiny_models": self.settings.uses_tiny,

@@ -73,6 +73,19 @@ class ObjectStore:
         except BotoCoreError as e:
             raise ServiceUnavailable(f"s3: cannot get {key}: {e}") from e
 
+    def list_keys(self, prefix: str) -> set[str]:
+        """Every key under ``prefix`` (paginated listing)."""
+        found: set[str] = set()
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            for page in pages:
+                found.update(o["Key"] for o in page.get("Contents", []))
+        except (ClientError, BotoCoreError) as e:
+            raise ServiceUnavailable(f"s3: cannot list {prefix}: {e}") from e
+        return found
+
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 

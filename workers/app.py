@@ -28,6 +28,8 @@ def celery_config(settings: Settings) -> dict:
         "task_routes": {
             keys.PRIOR_TASK: {"queue": keys.PRIOR_QUEUE},
             keys.DECODER_TASK: {"queue": keys.DECODER_QUEUE},
+            # Light work (JSONL + thumbnails): the prior workers' queue, not the GPUs'.
+            keys.FINALIZE_TASK: {"queue": keys.PRIOR_QUEUE},
         },
         # Ack after the task ran; a crashed or killed worker's task is delivered again.
         "task_acks_late": True,

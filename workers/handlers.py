@@ -1,6 +1,8 @@
-"""What each task does around its stage function: guards, IO, records, the next hop.
+"""What each task does around its stage function: state moves, guards, IO, the next hop.
 
-Kept apart from the Celery adapters so the logic reads (and tests) without a broker.
+Kept apart from the Celery adapters so the logic reads (and tests) without a broker. Every state
+change goes through RecordStore.move, which checks the state it leaves: a cancelled or finished
+job is never picked up again, whatever messages are still queued for it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 from farm import keys
 from farm.errors import PoisonJob
 from farm.jobs import JobSpec, JobState
+from farm.records import ACTIVE
 from farm.stages import png_bytes, run_decoder, run_prior
 from workers.context import WorkerContext
 
@@ -27,69 +30,104 @@ def _count_delivery(ctx: WorkerContext, job_id: str, stage: str, retries: int) -
     return int(pipe.execute()[0]) - retries
 
 
-def _guard(ctx: WorkerContext, job_id: str, stage: str, retries: int) -> bool:
-    """Whether to run this delivery: not for a finished job, not past the attempt limit."""
-    state = ctx.records.state(job_id)
-    if state is not None and state.terminal:
-        # A duplicate delivery (redelivery after a crash, a resume): observed once, done once.
-        log.info("job %s already %s: %s delivery skipped", job_id, state.value, stage)
+def _start(
+    ctx: WorkerContext, job_id: str, cid: str, stage: str, to: JobState, allowed, retries: int
+) -> bool:
+    """Move the job into this stage, or say why not; fail it once it has killed too many workers."""
+    moved, was, _ = ctx.records.move(job_id, cid, to, allowed)
+    if not moved:
+        # Cancelled, finished, reset by a resume, or unknown: this delivery has nothing to do.
+        log.info(
+            "job %s is %s: %s delivery skipped", job_id, was.value if was else "unknown", stage
+        )
         return False
     attempts = _count_delivery(ctx, job_id, stage, retries)
     if attempts > ctx.settings.max_attempts:
-        err = PoisonJob(f"{stage} stage delivered {attempts} times; a worker died each time")
-        fail(ctx, job_id, err)
+        fail(
+            ctx,
+            job_id,
+            cid,
+            PoisonJob(f"{stage} stage delivered {attempts} times; a worker died each time"),
+        )
         return False
     return True
 
 
-def fail(ctx: WorkerContext, job_id: str, exc: BaseException) -> None:
+def fail(ctx: WorkerContext, job_id: str, campaign_id: str, exc: BaseException) -> None:
     error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
-    ctx.records.update(job_id, JobState.FAILED, error=error)
+    _, _, complete = ctx.records.move(job_id, campaign_id, JobState.FAILED, ACTIVE, error=error)
+    if complete:
+        ctx.app.send_task(keys.FINALIZE_TASK, kwargs={"campaign_id": campaign_id})
 
 
-def prior(ctx: WorkerContext, job_id: str, campaign_id: str, spec: dict, retries: int) -> dict:
-    if not _guard(ctx, job_id, "prior", retries):
+def prior(
+    ctx: WorkerContext, job_id: str, campaign_id: str, spec: dict, key: str, retries: int
+) -> dict:
+    if not _start(
+        ctx,
+        job_id,
+        campaign_id,
+        "prior",
+        JobState.PRIOR,
+        (JobState.QUEUED, JobState.PRIOR),
+        retries,
+    ):
         return {"job_id": job_id, "skipped": True}
     job = JobSpec.model_validate(spec)
-    ctx.records.update(job_id, JobState.PRIOR)
     t0 = time.perf_counter()
     emb = run_prior(ctx.pipeline("prior"), job)
     ctx.records.add_timing(job_id, "prior", time.perf_counter() - t0)
     emb_key = ctx.embeddings.put(job_id, emb)
+    if ctx.records.state(job_id) != JobState.PRIOR:
+        # Cancelled while the prior ran: enqueue nothing new. (Were the cancel to land after this
+        # check, the decoder's own move out of "prior" would refuse the job.)
+        ctx.embeddings.delete(job_id)
+        return {"job_id": job_id, "skipped": True}
     ctx.app.send_task(
         keys.DECODER_TASK,
-        kwargs={"job_id": job_id, "campaign_id": campaign_id, "spec": spec, "emb_key": emb_key},
+        kwargs={
+            "job_id": job_id,
+            "campaign_id": campaign_id,
+            "spec": spec,
+            "key": key,
+            "emb_key": emb_key,
+        },
+        kwargsrepr=f"{{'job_id': '{job_id}', 'campaign_id': '{campaign_id}'}}",
     )
     return {"job_id": job_id, "emb_key": emb_key}
 
 
 def decoder(
-    ctx: WorkerContext, job_id: str, campaign_id: str, spec: dict, emb_key: str, retries: int
+    ctx: WorkerContext,
+    job_id: str,
+    campaign_id: str,
+    spec: dict,
+    key: str,
+    emb_key: str,
+    retries: int,
 ) -> dict:
-    if not _guard(ctx, job_id, "decoder", retries):
+    allowed = (JobState.PRIOR, JobState.DECODING)
+    if not _start(ctx, job_id, campaign_id, "decoder", JobState.DECODING, allowed, retries):
         return {"job_id": job_id, "skipped": True}
     emb = ctx.embeddings.get(job_id)
     if emb is None:
         # Expired or lost (Redis restart): recompute them. Never borrow another job's.
         log.warning("job %s: embeddings %s gone, sending it back to the prior", job_id, emb_key)
-        ctx.records.update(job_id, JobState.QUEUED)
+        ctx.records.move(job_id, campaign_id, JobState.QUEUED, (JobState.DECODING,))
         ctx.app.send_task(
-            keys.PRIOR_TASK, kwargs={"job_id": job_id, "campaign_id": campaign_id, "spec": spec}
+            keys.PRIOR_TASK,
+            kwargs={"job_id": job_id, "campaign_id": campaign_id, "spec": spec, "key": key},
         )
         return {"job_id": job_id, "requeued": "prior"}
     job = JobSpec.model_validate(spec)
-    ctx.records.update(job_id, JobState.DECODING)
     t0 = time.perf_counter()
     image = run_decoder(ctx.pipeline("decoder"), job, emb)
     t1 = time.perf_counter()
     data = png_bytes(image, {"job_id": job_id, "campaign_id": campaign_id, **spec})
-    prefix = ctx.settings.s3_prefix
-    key = keys.image_object(prefix, campaign_id, job_id)
     ctx.objects.put(key, data, "image/png", metadata={"job-id": job_id, "seed": str(job.seed)})
     t2 = time.perf_counter()
     ctx.records.add_timing(job_id, "decode", t1 - t0)
     ctx.records.add_timing(job_id, "upload", t2 - t1)
-    record = ctx.records.get(job_id)
     result = {
         "job_id": job_id,
         "campaign_id": campaign_id,
@@ -98,13 +136,21 @@ def decoder(
         "s3_key": key,
         "width": image.width,
         "height": image.height,
-        "timings": record.timings,
+        "timings": ctx.records.get(job_id).timings,
     }
     ctx.objects.put(
-        keys.record_object(prefix, campaign_id, job_id),
-        json.dumps(result, ensure_ascii=False).encode(),
-        "application/json",
+        keys.record_object(key), json.dumps(result, ensure_ascii=False).encode(), "application/json"
     )
-    ctx.records.update(job_id, JobState.DONE, s3_key=key)
+    _, _, complete = ctx.records.move(
+        job_id, campaign_id, JobState.DONE, (JobState.DECODING,), s3_key=key
+    )
     ctx.embeddings.delete(job_id)
+    if complete:
+        ctx.app.send_task(keys.FINALIZE_TASK, kwargs={"campaign_id": campaign_id})
     return {"job_id": job_id, "s3_key": key}
+
+
+def finalize(ctx: WorkerContext, campaign_id: str, retries: int) -> dict:
+    from farm.service import finalize as write
+
+    return write(ctx.records, ctx.objects, ctx.settings.s3_prefix, campaign_id)

@@ -29,13 +29,14 @@ def _run(task, handler_name: str, **kwargs) -> dict:
     ctx = context.current()
     try:
         return getattr(handlers, handler_name)(ctx, retries=task.request.retries, **kwargs)
-    except ServiceUnavailable:
-        if task.request.retries >= RETRY["max_retries"]:
-            handlers.fail(ctx, kwargs["job_id"], ServiceUnavailable("gave up after retries"))
+    except ServiceUnavailable as e:
+        if task.request.retries >= RETRY["max_retries"] and "job_id" in kwargs:
+            handlers.fail(ctx, kwargs["job_id"], kwargs["campaign_id"], e)
         raise
     except (Exception, SoftTimeLimitExceeded) as e:
         # Record it for the client, then let Celery mark the task failed (Flower shows it).
-        handlers.fail(ctx, kwargs["job_id"], e)
+        if "job_id" in kwargs:
+            handlers.fail(ctx, kwargs["job_id"], kwargs["campaign_id"], e)
         raise
 
 
@@ -43,11 +44,21 @@ def register(app: Celery) -> None:
     """Define the farm's tasks on ``app``."""
 
     @app.task(name=keys.PRIOR_TASK, bind=True, **RETRY)
-    def prior(self, job_id: str, campaign_id: str, spec: dict) -> dict:
-        return _run(self, "prior", job_id=job_id, campaign_id=campaign_id, spec=spec)
+    def prior(self, job_id: str, campaign_id: str, spec: dict, key: str) -> dict:
+        return _run(self, "prior", job_id=job_id, campaign_id=campaign_id, spec=spec, key=key)
 
     @app.task(name=keys.DECODER_TASK, bind=True, **RETRY)
-    def decoder(self, job_id: str, campaign_id: str, spec: dict, emb_key: str) -> dict:
+    def decoder(self, job_id: str, campaign_id: str, spec: dict, key: str, emb_key: str) -> dict:
         return _run(
-            self, "decoder", job_id=job_id, campaign_id=campaign_id, spec=spec, emb_key=emb_key
+            self,
+            "decoder",
+            job_id=job_id,
+            campaign_id=campaign_id,
+            spec=spec,
+            key=key,
+            emb_key=emb_key,
         )
+
+    @app.task(name=keys.FINALIZE_TASK, bind=True, **RETRY)
+    def finalize(self, campaign_id: str) -> dict:
+        return _run(self, "finalize", campaign_id=campaign_id)

@@ -1,0 +1,197 @@
+"""The producer HTTP API: a thin FastAPI layer over farm.service.Farm.
+
+Errors map by class: InvalidJob -> 422 (field + message), NotFound -> 404, Unauthorized -> 401,
+Conflict -> 409, ServiceUnavailable (Redis/S3 down) -> 503. Bad input never gives a 500.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+
+from farm import keys
+from farm.campaigns import CampaignSpec, Grid
+from farm.errors import Conflict, FarmError, InvalidJob, NotFound, ServiceUnavailable, Unauthorized
+from farm.jobs import JobState
+from farm.settings import Settings
+
+STATUS = {InvalidJob: 422, NotFound: 404, Unauthorized: 401, Conflict: 409, ServiceUnavailable: 503}
+
+
+class CampaignIn(BaseModel):
+    """A campaign: either `jobs` (a list of job specs) or a `grid`, with shared `defaults`."""
+
+    name: str | None = None
+    jobs: list[dict[str, Any]] | None = None
+    grid: Grid | None = None
+    defaults: dict[str, Any] = {}
+
+
+class Submitted(BaseModel):
+    campaign_id: str
+    job_count: int
+    created: bool
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def current_tenant(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
+    """The tenant a bearer token stands for; 401 without one."""
+    tenants = request.app.state.tenants
+    if creds is None or creds.credentials not in tenants:
+        raise Unauthorized("missing or unknown bearer token")
+    return tenants[creds.credentials]
+
+
+Tenant = Annotated[str, Depends(current_tenant)]
+
+
+def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
+    """Build the API. Settings are read here, once, when none are given (the process edge)."""
+    settings = settings or Settings.load()
+    tenants = settings.tenants()
+    app = FastAPI(title="Kandinsky render farm", version="0.1.0")
+    state: dict[str, Any] = {"farm": farm, "ready": (0.0, None)}
+
+    def get_farm():
+        if state["farm"] is None:
+            from farm.service import Farm
+
+            state["farm"] = Farm(settings)
+        return state["farm"]
+
+    app.state.tenants = tenants
+
+    @app.exception_handler(FarmError)
+    async def _farm_error(request: Request, exc: FarmError):
+        code = next((c for cls, c in STATUS.items() if isinstance(exc, cls)), 500)
+        body: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
+        if isinstance(exc, InvalidJob):
+            body["detail"] = [exc.to_dict()]
+        headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
+        return JSONResponse(body, status_code=code, headers=headers)
+
+    async def _unavailable(request: Request, exc: Exception):
+        # A store error that escaped the service's own mapping is still an outage, not a bug.
+        return JSONResponse(
+            {"error": "ServiceUnavailable", "message": f"{type(exc).__name__}: {exc}"},
+            status_code=503,
+        )
+
+    import redis
+    from botocore.exceptions import BotoCoreError
+
+    app.add_exception_handler(redis.RedisError, _unavailable)
+    app.add_exception_handler(BotoCoreError, _unavailable)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        detail = [
+            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        first = detail[0] if detail else {"field": "body", "message": "invalid"}
+        return JSONResponse(
+            {
+                "error": "InvalidJob",
+                "message": f"{first['field']}: {first['message']}",
+                "detail": detail,
+            },
+            status_code=422,
+        )
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"ok": True}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        checked_at, cached = state["ready"]
+        if cached is not None and time.monotonic() - checked_at < 5:
+            return cached
+        checks: dict[str, Any] = {}
+        farm = get_farm()
+        try:
+            checks["redis"] = bool(farm.redis.ping())
+        except Exception as e:  # any failure means not ready; say which
+            checks["redis"] = f"down: {type(e).__name__}"
+        try:
+            farm.objects.client.head_bucket(Bucket=farm.objects.bucket)
+            checks["s3"] = True
+        except Exception as e:
+            checks["s3"] = f"down: {type(e).__name__}"
+        from farm.stack import workers_per_queue
+
+        workers = workers_per_queue(settings, timeout=1.0) if checks["redis"] is True else {}
+        checks["workers"] = {q: workers.get(q, 0) for q in (keys.PRIOR_QUEUE, keys.DECODER_QUEUE)}
+        ok = checks["redis"] is True and checks["s3"] is True and all(checks["workers"].values())
+        resp = JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
+        state["ready"] = (time.monotonic(), resp)
+        return resp
+
+    @app.post("/v1/campaigns", status_code=201)
+    def submit_campaign(
+        body: CampaignIn,
+        tenant: Tenant,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> Submitted:
+        spec = CampaignSpec.parse(body.model_dump(exclude_unset=True))
+        sub = get_farm().submit_campaign(spec, tenant=tenant, idempotency_key=idempotency_key)
+        return Submitted(campaign_id=sub.campaign_id, job_count=sub.job_count, created=sub.created)
+
+    @app.post("/v1/jobs", status_code=201)
+    def submit_job(
+        body: dict[str, Any],
+        tenant: Tenant,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> Submitted:
+        sub = get_farm().submit_campaign(
+            {"jobs": [body]}, tenant=tenant, idempotency_key=idempotency_key
+        )
+        return Submitted(campaign_id=sub.campaign_id, job_count=sub.job_count, created=sub.created)
+
+    @app.get("/v1/campaigns")
+    def list_campaigns(
+        tenant: Tenant, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> list[dict]:
+        return get_farm().list_campaigns(tenant=tenant, limit=limit)
+
+    @app.get("/v1/campaigns/{campaign_id}")
+    def campaign_status(campaign_id: str, tenant: Tenant) -> dict:
+        return get_farm().status(campaign_id, tenant=tenant)
+
+    @app.get("/v1/campaigns/{campaign_id}/jobs")
+    def campaign_jobs(
+        campaign_id: str,
+        tenant: Tenant,
+        state: JobState | None = None,
+        cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict:
+        items, nxt = get_farm().jobs_page(
+            campaign_id, tenant=tenant, state=state, cursor=cursor, limit=limit
+        )
+        return {"jobs": items, "next_cursor": nxt}
+
+    @app.delete("/v1/campaigns/{campaign_id}")
+    def cancel(campaign_id: str, tenant: Tenant) -> dict:
+        return get_farm().cancel(campaign_id, tenant=tenant)
+
+    @app.post("/v1/campaigns/{campaign_id}/retry-failed")
+    def retry_failed(campaign_id: str, tenant: Tenant) -> dict:
+        return {"requeued": get_farm().retry_failed(campaign_id, tenant=tenant)}
+
+    @app.post("/v1/campaigns/{campaign_id}/resume")
+    def resume(campaign_id: str, tenant: Tenant) -> dict:
+        return get_farm().resume(campaign_id, tenant=tenant)
+
+    return app

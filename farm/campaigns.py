@@ -1,0 +1,136 @@
+"""Campaigns: an explicit list of jobs, or a grid (prompts x seeds x parameter lists). No IO.
+
+A grid expands to the cross product, prompt-major, then parameter combinations, then seeds:
+
+    {"grid": {"prompts": ["a cat", "a dog"], "seeds": [1, 2],
+              "params": {"guidance_scale": [3, 5]}},
+     "defaults": {"height": 768, "width": 768}}          -> 2 x 2 x 2 = 8 jobs
+
+``seeds`` may also be a count: that many seeds are drawn and recorded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from farm.errors import InvalidJob
+from farm.jobs import JobSpec
+
+MAX_JOBS = 100_000
+SPEC_FIELDS = set(JobSpec.model_fields)
+
+
+class Grid(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: list[str] = Field(min_length=1)
+    seeds: list[int] | int = 1
+    params: dict[str, list[Any]] = Field(default_factory=dict)
+
+
+class CampaignSpec(BaseModel):
+    """What a client submits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=200)
+    jobs: list[dict[str, Any]] | None = None
+    grid: Grid | None = None
+    defaults: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, data: Any) -> CampaignSpec:
+        if isinstance(data, CampaignSpec):
+            return data
+        if not isinstance(data, dict):
+            raise InvalidJob("campaign", f"must be an object, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            name = ".".join(str(p) for p in err["loc"]) or "campaign"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field (allowed: name, jobs, grid, defaults)"
+            raise InvalidJob(name, msg) from None
+
+    def expand(self) -> list[JobSpec]:
+        """Every job of the campaign, validated, with seeds drawn where none were given.
+
+        Raises:
+            InvalidJob: naming the field where the bad value came from and its limit.
+        """
+        if (self.jobs is None) == (self.grid is None):
+            raise InvalidJob("campaign", "give exactly one of 'jobs' (a list) or 'grid'")
+        for name in self.defaults:
+            if name not in SPEC_FIELDS:
+                raise InvalidJob(
+                    f"defaults.{name}", f"unknown field (allowed: {', '.join(SPEC_FIELDS)})"
+                )
+        if self.jobs is not None:
+            if not self.jobs:
+                raise InvalidJob("jobs", "must hold at least one job")
+            if len(self.jobs) > MAX_JOBS:
+                raise InvalidJob(
+                    "jobs", f"at most {MAX_JOBS} jobs per campaign (got {len(self.jobs)})"
+                )
+            return [
+                JobSpec.parse(
+                    {**self.defaults, **job} if isinstance(job, dict) else job, index=i
+                ).with_seed()
+                for i, job in enumerate(self.jobs)
+            ]
+        return self._expand_grid(self.grid)
+
+    def _expand_grid(self, grid: Grid) -> list[JobSpec]:
+        for name, values in grid.params.items():
+            if name not in SPEC_FIELDS or name in ("prompt", "seed"):
+                raise InvalidJob(
+                    f"grid.params.{name}",
+                    "unknown or not a parameter (prompts and seeds have their own lists)",
+                )
+            if not values:
+                raise InvalidJob(f"grid.params.{name}", "must hold at least one value")
+        if isinstance(grid.seeds, int):
+            if not 1 <= grid.seeds <= MAX_JOBS:
+                raise InvalidJob("grid.seeds", f"a count must be between 1 and {MAX_JOBS}")
+            seeds = [secrets.randbelow(2**32) for _ in range(grid.seeds)]
+        else:
+            if not grid.seeds:
+                raise InvalidJob("grid.seeds", "must hold at least one seed")
+            seeds = grid.seeds
+        names = list(grid.params)
+        combos = list(itertools.product(*(grid.params[n] for n in names)))
+        total = len(grid.prompts) * len(combos) * len(seeds)
+        if total > MAX_JOBS:
+            raise InvalidJob("grid", f"expands to {total} jobs; at most {MAX_JOBS} per campaign")
+        specs: list[JobSpec] = []
+        for prompt in grid.prompts:
+            for combo in combos:
+                for seed in seeds:
+                    data = {
+                        **self.defaults,
+                        **dict(zip(names, combo, strict=True)),
+                        "prompt": prompt,
+                        "seed": seed,
+                    }
+                    try:
+                        specs.append(JobSpec.parse(data))
+                    except InvalidJob as e:
+                        raise InvalidJob(_grid_origin(e.field, names), e.reason) from None
+        return specs
+
+
+def _grid_origin(field: str, param_names: list[str]) -> str:
+    """Where in a grid request a bad value came from."""
+    if field == "prompt":
+        return "grid.prompts"
+    if field == "seed":
+        return "grid.seeds"
+    if field in param_names:
+        return f"grid.params.{field}"
+    return f"defaults.{field}"

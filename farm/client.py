@@ -1,0 +1,219 @@
+"""Typed HTTP client for the farm API (httpx).
+
+    from farm.client import Client
+    client = Client("http://127.0.0.1:8470", token)
+    campaign = client.submit_campaign(grid={"prompts": ["a cat"], "seeds": 4})
+    campaign.wait(progress=True)
+    campaign.download("out/")
+
+HTTP errors become the farm's own exceptions (farm.errors) carrying the server's message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from farm.errors import (
+    Conflict,
+    FarmError,
+    InvalidJob,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+)
+
+ERRORS = {401: Unauthorized, 404: NotFound, 409: Conflict, 503: ServiceUnavailable}
+
+
+class Client:
+    """A connection to one farm API, as one tenant (its bearer token)."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self.http = httpx.Client(
+            base_url=url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    @classmethod
+    def from_settings(cls, settings) -> Client:
+        settings = settings.with_stack()
+        if not settings.api_url or not settings.api_token:
+            from farm.errors import ConfigError
+
+            raise ConfigError(
+                "FARM_API_URL / FARM_API_TOKEN not set and no local stack is running: run `farm up`"
+            )
+        return cls(settings.api_url, settings.api_token.get_secret_value())
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs) -> Any:
+        try:
+            resp = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as e:
+            raise ServiceUnavailable(f"farm API at {self.http.base_url} unreachable: {e}") from e
+        if resp.status_code < 400:
+            return resp.json()
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {"message": resp.text}
+        message = body.get("message") or str(body)
+        if resp.status_code == 422:
+            first = (body.get("detail") or [{}])[0]
+            raise InvalidJob(
+                first.get("field") or "request",
+                first.get("message") or message,
+                index=first.get("index"),
+            )
+        raise ERRORS.get(resp.status_code, FarmError)(message)
+
+    # -- submit -------------------------------------------------------------------------------
+
+    def submit_campaign(
+        self,
+        jobs: list[dict] | None = None,
+        *,
+        grid: dict | None = None,
+        defaults: dict | None = None,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> CampaignHandle:
+        """Submit a list of jobs or a grid. Seeds left unset are drawn server-side and recorded."""
+        body: dict[str, Any] = {"defaults": defaults or {}}
+        if name:
+            body["name"] = name
+        if jobs is not None:
+            body["jobs"] = jobs
+        if grid is not None:
+            body["grid"] = grid
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        out = self.request("POST", "/v1/campaigns", json=body, headers=headers)
+        return CampaignHandle(self, out["campaign_id"], out["job_count"], out["created"])
+
+    def submit_job(self, spec: dict, *, idempotency_key: str | None = None) -> CampaignHandle:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        out = self.request("POST", "/v1/jobs", json=spec, headers=headers)
+        return CampaignHandle(self, out["campaign_id"], out["job_count"], out["created"])
+
+    def campaign(self, campaign_id: str) -> CampaignHandle:
+        status = self.request("GET", f"/v1/campaigns/{campaign_id}")
+        return CampaignHandle(self, campaign_id, status["total"], False)
+
+    def campaigns(self, limit: int = 100) -> list[dict]:
+        return self.request("GET", "/v1/campaigns", params={"limit": limit})
+
+    def ready(self) -> dict:
+        try:
+            return self.http.get("/readyz").json()
+        except httpx.TransportError as e:
+            raise ServiceUnavailable(str(e)) from e
+
+
+class CampaignHandle:
+    """A submitted campaign, seen through the API."""
+
+    def __init__(self, client: Client, campaign_id: str, job_count: int, created: bool):
+        self.client = client
+        self.id = campaign_id
+        self.job_count = job_count
+        self.created = created
+
+    def __repr__(self) -> str:
+        return f"CampaignHandle({self.id!r}, jobs={self.job_count})"
+
+    def status(self) -> dict:
+        return self.client.request("GET", f"/v1/campaigns/{self.id}")
+
+    def results(self, state: str | None = None, page_size: int = 500) -> Iterator[dict]:
+        """Every job (or every job in ``state``), page by page."""
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"limit": page_size}
+            if state:
+                params["state"] = state
+            if cursor:
+                params["cursor"] = cursor
+            page = self.client.request("GET", f"/v1/campaigns/{self.id}/jobs", params=params)
+            yield from page["jobs"]
+            cursor = page["next_cursor"]
+            if not cursor:
+                return
+
+    def wait(
+        self, timeout: float | None = None, *, progress: bool = False, poll_s: float = 0.5
+    ) -> dict:
+        """Block until no job is queued or running; returns the final status.
+
+        Raises:
+            TimeoutError: not finished within ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.job_count, unit="img", desc=f"campaign {self.id[:8]}")
+        try:
+            while True:
+                st = self.status()
+                c = st["counts"]
+                finished = c["done"] + c["failed"] + c["cancelled"]
+                if bar is not None:
+                    bar.update(finished - bar.n)
+                    eta = st.get("eta_s")
+                    bar.set_postfix(
+                        failed=c["failed"], eta=f"{eta:.0f}s" if eta else "?", refresh=False
+                    )
+                if finished >= st["total"]:
+                    return st
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"campaign {self.id}: {c} after {timeout}s")
+                time.sleep(poll_s)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def download(self, folder: str | Path) -> list[Path]:
+        """Fetch every done image (through its presigned URL) into ``folder``; returns the files."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        files = []
+        with httpx.Client(timeout=60) as http:
+            for i, job in enumerate(self.results(state="done")):
+                path = folder / f"{i:05d}-seed{job['seed']}-{job['job_id'][:8]}.png"
+                resp = http.get(job["url"])
+                resp.raise_for_status()
+                path.write_bytes(resp.content)
+                files.append(path)
+        return files
+
+    def cancel(self) -> dict:
+        return self.client.request("DELETE", f"/v1/campaigns/{self.id}")
+
+    def retry_failed(self) -> int:
+        return self.client.request("POST", f"/v1/campaigns/{self.id}/retry-failed")["requeued"]
+
+    def resume(self) -> dict:
+        return self.client.request("POST", f"/v1/campaigns/{self.id}/resume")

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from farm import keys
 from farm.campaigns import CampaignSpec, Grid
 from farm.errors import Conflict, FarmError, InvalidJob, NotFound, ServiceUnavailable, Unauthorized
-from farm.jobs import JobState
+from farm.jobs import JobState, field_path
 from farm.settings import Settings
 
 STATUS = {InvalidJob: 422, NotFound: 404, Unauthorized: 401, Conflict: 409, ServiceUnavailable: 503}
@@ -96,7 +96,7 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         detail = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
+            {"field": field_path(e["loc"]) or "body", "message": e["msg"]}
             for e in exc.errors()
         ]
         first = detail[0] if detail else {"field": "body", "message": "invalid"}

@@ -26,8 +26,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     args = ap.parse_args()
 
+    from farm.service import Farm
     from farm.stack import Stack
-    from farm.submit import Farm
 
     base = Settings.load()
     owned = not Stack(base).running()

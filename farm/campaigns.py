@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from farm.errors import InvalidJob
-from farm.jobs import JobSpec
+from farm.jobs import JobSpec, field_path
 
 MAX_JOBS = 100_000
 SPEC_FIELDS = set(JobSpec.model_fields)
@@ -52,7 +52,7 @@ class CampaignSpec(BaseModel):
             return cls.model_validate(data)
         except ValidationError as e:
             err = e.errors()[0]
-            name = ".".join(str(p) for p in err["loc"]) or "campaign"
+            name = field_path(err["loc"]) or "campaign"
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown field (allowed: name, jobs, grid, defaults)"

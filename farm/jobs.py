@@ -8,6 +8,7 @@ at submission and recorded, so every picture can be reproduced.
 from __future__ import annotations
 
 import enum
+import re
 import secrets
 import uuid
 from dataclasses import dataclass, field
@@ -21,6 +22,15 @@ SIZE_MULTIPLE = 64  # Kandinsky's MoVQ downsamples by 8 and the pipelines round 
 MAX_SIDE = 2048
 MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**63 - 1
+
+
+_TYPE_TAG = re.compile(r"^(int|str|float|bool|[a-z_]+\[.*\]|function-.*)$")
+
+
+def field_path(loc: tuple) -> str:
+    """A pydantic error location as a dotted field name, without union type tags or "body"."""
+    parts = [str(p) for p in loc if p != "body" and not _TYPE_TAG.match(str(p))]
+    return ".".join(parts)
 
 
 class JobSpec(BaseModel):
@@ -67,7 +77,7 @@ class JobSpec(BaseModel):
             return cls.model_validate(data)
         except ValidationError as e:
             err = e.errors()[0]
-            name = ".".join(str(p) for p in err["loc"]) or "job"
+            name = field_path(err["loc"]) or "job"
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = f"unknown field (allowed: {', '.join(cls.model_fields)})"

@@ -36,10 +36,27 @@ def seaweed(tmp_path_factory):
     proc.stop()
 
 
+TOKENS = {"alice": "alice-" + secrets.token_urlsafe(16), "bob": "bob-" + secrets.token_urlsafe(16)}
+
+
+@pytest.fixture(scope="session")
+def tokens() -> dict[str, str]:
+    return TOKENS
+
+
 @pytest.fixture(scope="session")
 def settings(valkey, seaweed, tmp_path_factory) -> Settings:
     state = tmp_path_factory.mktemp("state")
-    return Settings(state_dir=state, redis_url=valkey, s3_bucket="farm-test", **seaweed)
+    api_tokens = ",".join(f"{t}:{tok}" for t, tok in TOKENS.items())
+    return Settings(
+        state_dir=state,
+        redis_url=valkey,
+        s3_bucket="farm-test",
+        api_tokens=api_tokens,
+        api_port=0,
+        flower_port=0,
+        **seaweed,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -71,8 +88,29 @@ def stack(settings, object_store):
 
 
 @pytest.fixture(scope="session")
+def api_url(stack) -> str:
+    return stack.read_state()["api_url"]
+
+
+@pytest.fixture
+def alice(api_url, tokens):
+    from farm.client import Client
+
+    with Client(api_url, tokens["alice"]) as client:
+        yield client
+
+
+@pytest.fixture
+def bob(api_url, tokens):
+    from farm.client import Client
+
+    with Client(api_url, tokens["bob"]) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
 def farm(stack, settings):
-    from farm.submit import Farm
+    from farm.service import Farm
 
     return Farm(settings)
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from farm import keys
 from farm.errors import InvalidJob
+from farm.jobs import JobState
 
 pytestmark = pytest.mark.slow
 
@@ -27,16 +28,15 @@ def test_jobs_become_pngs_of_the_requested_size(farm, object_store):
     campaign = farm.submit(jobs)
     records = campaign.wait(timeout=120)
     assert [r.state.value for r in records] == ["done"] * len(jobs)
-    assert campaign.status()["done"] == len(jobs)
+    status = campaign.status()
+    assert status["counts"]["done"] == len(jobs) and status["state"] == "finished"
     for rec, (h, w) in zip(records, sizes, strict=True):
-        assert rec.s3_key == keys.image_object("renders", campaign.id, rec.job_id)
+        assert rec.s3_key == keys.image_object("renders", "default", campaign.id, rec.job_id)
         img = Image.open(io.BytesIO(object_store.get(rec.s3_key)))
         assert img.format == "PNG" and img.size == (w, h)
         # The parameters travel inside the PNG, so a file explains itself.
         assert json.loads(img.text["farm"])["seed"] == rec.seed
-        record = json.loads(
-            object_store.get(keys.record_object("renders", campaign.id, rec.job_id))
-        )
+        record = json.loads(object_store.get(keys.record_object(rec.s3_key)))
         assert record["s3_key"] == rec.s3_key and record["seed"] == rec.seed
         assert {"prior", "decode", "upload"} <= set(record["timings"])
         assert set(rec.timings) >= {"prior", "decode", "upload"}
@@ -117,7 +117,7 @@ def test_lost_embeddings_are_recomputed(farm, redis_client, stack):
     job_id = campaign.job_ids[0]
     campaign.wait(timeout=60)
     # Replay the decoder message for a job whose embeddings expired (state reset as after a crash).
-    redis_client.hset(keys.job(job_id), "state", "decoding")
+    farm.records.move(job_id, campaign.id, JobState.DECODING, tuple(JobState))
     redis_client.delete(keys.attempts(job_id, "decoder"), keys.attempts(job_id, "prior"))
     farm.app.send_task(
         keys.DECODER_TASK,
@@ -125,6 +125,7 @@ def test_lost_embeddings_are_recomputed(farm, redis_client, stack):
             "job_id": job_id,
             "campaign_id": campaign.id,
             "spec": campaign.records()[0].spec.to_dict(),
+            "key": campaign.records()[0].s3_key,
             "emb_key": keys.embeddings(job_id),
         },
     )
@@ -145,7 +146,12 @@ def test_duplicate_delivery_of_finished_job_is_skipped(farm, redis_client):
     (rec,) = campaign.wait(timeout=60)
     result = farm.app.send_task(
         keys.PRIOR_TASK,
-        kwargs={"job_id": rec.job_id, "campaign_id": campaign.id, "spec": rec.spec.to_dict()},
+        kwargs={
+            "job_id": rec.job_id,
+            "campaign_id": campaign.id,
+            "spec": rec.spec.to_dict(),
+            "key": rec.s3_key,
+        },
     )
     assert result.get(timeout=30) == {"job_id": rec.job_id, "skipped": True}
     assert int(redis_client.get(keys.attempts(rec.job_id, "prior"))) == 1
@@ -184,12 +190,17 @@ def test_failure_is_recorded_with_type_and_message(farm, redis_client):
     campaign = farm.submit([{"prompt": "boom", "seed": 1, "height": 64, "width": 64, **FAST}])
     job_id = campaign.job_ids[0]
     campaign.wait(timeout=60)
-    redis_client.hset(keys.job(job_id), "state", "queued")
+    farm.records.move(job_id, campaign.id, JobState.QUEUED, tuple(JobState))
     redis_client.delete(keys.attempts(job_id, "prior"))
     # A spec the worker cannot parse (bypassing submission's validation) fails in the task.
     farm.app.send_task(
         keys.PRIOR_TASK,
-        kwargs={"job_id": job_id, "campaign_id": campaign.id, "spec": {"prompt": ""}},
+        kwargs={
+            "job_id": job_id,
+            "campaign_id": campaign.id,
+            "spec": {"prompt": ""},
+            "key": "x.png",
+        },
     )
     deadline = time.monotonic() + 30
     while campaign.records()[0].state.value != "failed" and time.monotonic() < deadline:

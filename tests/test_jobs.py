@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from farm.campaigns import CampaignSpec
 from farm.errors import InvalidJob
 from farm.jobs import JobSpec, JobState
-from farm.submit import validate
+
+
+def validate(jobs):
+    return CampaignSpec.parse({"jobs": jobs}).expand()
 
 
 @pytest.mark.parametrize(
@@ -78,3 +82,49 @@ def test_multilingual_prompt_round_trips():
 def test_terminal_states():
     assert JobState.DONE.terminal and JobState.FAILED.terminal
     assert not JobState.QUEUED.terminal and not JobState.DECODING.terminal
+
+
+def test_grid_expands_cross_product_in_order():
+    spec = CampaignSpec.parse(
+        {
+            "grid": {"prompts": ["a", "b"], "seeds": [1, 2], "params": {"guidance_scale": [3, 5]}},
+            "defaults": {"height": 64, "width": 128},
+        }
+    )
+    jobs = spec.expand()
+    assert len(jobs) == 8
+    assert [(j.prompt, j.guidance_scale, j.seed) for j in jobs[:4]] == [
+        ("a", 3, 1),
+        ("a", 3, 2),
+        ("a", 5, 1),
+        ("a", 5, 2),
+    ]
+    assert all(j.height == 64 and j.width == 128 for j in jobs)
+
+
+def test_grid_seed_count_draws_seeds():
+    jobs = CampaignSpec.parse({"grid": {"prompts": ["a"], "seeds": 3}}).expand()
+    assert len(jobs) == 3 and all(j.seed is not None for j in jobs)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"grid": {"prompts": ["a"], "params": {"height": [64, 100]}}}, "grid.params.height"),
+        ({"grid": {"prompts": ["a"], "params": {"stepz": [1]}}}, "grid.params.stepz"),
+        ({"grid": {"prompts": [""]}}, "grid.prompts"),
+        ({"grid": {"prompts": ["a"], "seeds": [-1]}}, "grid.seeds"),
+        ({"grid": {"prompts": ["a"], "seeds": 0}}, "grid.seeds"),
+        ({"grid": {"prompts": ["a"]}, "defaults": {"width": 7}}, "defaults.width"),
+        ({"grid": {"prompts": ["a"]}, "defaults": {"nope": 7}}, "defaults.nope"),
+        ({"grid": {"prompts": []}}, "grid.prompts"),
+        ({"grid": {"prompts": ["a"]}, "jobs": [{"prompt": "b"}]}, "campaign"),
+        ({}, "campaign"),
+        ({"grid": {"prompts": ["a"] * 1000, "seeds": 101}}, "grid"),
+        ({"jobs": [{"prompt": "a"}], "extra": 1}, "extra"),
+    ],
+)
+def test_bad_campaign_names_where(body, field):
+    with pytest.raises(InvalidJob) as exc:
+        CampaignSpec.parse(body).expand()
+    assert exc.value.field == field, str(exc.value)

@@ -1,0 +1,259 @@
+"""The producer HTTP API and the Python client, against the live stack (real workers, Valkey, S3)."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import httpx
+import pytest
+from PIL import Image
+
+from farm import keys
+from farm.errors import Conflict, InvalidJob, NotFound, Unauthorized
+
+pytestmark = pytest.mark.slow
+
+FAST = {"num_inference_steps": 2, "prior_num_inference_steps": 2, "height": 64, "width": 64}
+
+
+def _wait_for(predicate, timeout=60.0, every=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"not true within {timeout}s")
+
+
+def test_grid_campaign_end_to_end_over_http(alice, object_store):
+    handle = alice.submit_campaign(
+        grid={
+            "prompts": ["a red cat", "قطة حمراء"],
+            "seeds": [1, 2],
+            "params": {"guidance_scale": [3.0, 5.0]},
+        },
+        defaults=FAST,
+        name="grid",
+    )
+    assert handle.job_count == 8 and handle.created
+    status = handle.wait(timeout=120)
+    assert status["counts"]["done"] == 8 and status["state"] == "finished"
+    assert status["images_per_second"] > 0 and status["eta_s"] == 0
+    assert status["started_at"] <= status["finished_at"]
+    # Paged results: walk the cursor 3 at a time.
+    pages, cursor = [], None
+    while True:
+        params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+        page = alice.request("GET", f"/v1/campaigns/{handle.id}/jobs", params=params)
+        pages.append(page["jobs"])
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert [len(p) for p in pages] == [3, 3, 2]
+    jobs = [j for p in pages for j in p]
+    assert {(j["spec"]["prompt"], j["spec"]["guidance_scale"], j["seed"]) for j in jobs} == {
+        (p, g, s) for p in ("a red cat", "قطة حمراء") for g in (3.0, 5.0) for s in (1, 2)
+    }
+    for job in jobs:
+        assert job["state"] == "done" and job["s3_key"].startswith(f"renders/alice/{handle.id}/")
+        assert {"prior", "decode", "upload"} <= set(job["timings"])
+        png = httpx.get(job["url"])  # the presigned URL works without credentials
+        assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).size == (64, 64)
+    # When the campaign finishes, its results manifest and contact sheet land beside the images.
+    base = f"renders/alice/{handle.id}"
+    lines = _wait_for(lambda: _get_or_none(object_store, f"{base}/results.jsonl"))
+    rows = [json.loads(x) for x in lines.decode().splitlines()]
+    assert len(rows) == 8 and {r["job_id"] for r in rows} == {j["job_id"] for j in jobs}
+    sheet = _wait_for(lambda: _get_or_none(object_store, f"{base}/contact_sheet.png"))
+    assert Image.open(io.BytesIO(sheet)).size == (3 * 128, 3 * 128)
+    manifest = json.loads(object_store.get(f"{base}/manifest.json"))
+    assert len(manifest["jobs"]) == 8 and manifest["tenant"] == "alice"
+
+
+def _get_or_none(store, key):
+    from farm.errors import NotFound as Missing
+
+    try:
+        return store.get(key)
+    except Missing:
+        return None
+
+
+def test_filter_by_state_and_download(alice, tmp_path):
+    handle = alice.submit_campaign([{"prompt": f"dl {i}", "seed": i, **FAST} for i in range(3)])
+    handle.wait(timeout=60)
+    assert len(list(handle.results(state="done"))) == 3
+    assert list(handle.results(state="failed")) == []
+    files = handle.download(tmp_path)
+    assert len(files) == 3
+    for f in files:
+        with Image.open(f) as im:
+            assert im.size == (64, 64)
+
+
+def test_idempotent_resubmission(alice):
+    body = [{"prompt": "once only", "seed": 4, **FAST}]
+    first = alice.submit_campaign(body, idempotency_key="idem-1")
+    again = alice.submit_campaign(body, idempotency_key="idem-1")
+    assert again.id == first.id and not again.created and again.job_count == 1
+    with pytest.raises(Conflict, match="different campaign"):
+        alice.submit_campaign([{"prompt": "something else", **FAST}], idempotency_key="idem-1")
+    assert [c["id"] for c in alice.campaigns()].count(first.id) == 1
+    first.wait(timeout=60)
+
+
+def test_single_job_endpoint_draws_and_records_a_seed(alice):
+    handle = alice.submit_job({"prompt": "no seed given", **FAST})
+    handle.wait(timeout=60)
+    (job,) = handle.results()
+    assert isinstance(job["seed"], int) and job["spec"]["seed"] == job["seed"]
+
+
+def test_cancel_mid_campaign(alice, object_store):
+    slow = {**FAST, "num_inference_steps": 12, "height": 128, "width": 128}
+    victim = alice.submit_campaign(
+        [{"prompt": f"cancel {i}", "seed": i, **slow} for i in range(24)]
+    )
+    bystander = alice.submit_campaign(
+        [{"prompt": f"keep {i}", "seed": i, **FAST} for i in range(4)]
+    )
+    _wait_for(lambda: victim.status()["counts"]["done"] >= 1, timeout=60, every=0.05)
+    victim.cancel()
+    status = victim.wait(timeout=120)
+    counts = status["counts"]
+    assert status["state"] == "cancelled"
+    assert counts["cancelled"] >= 10 and counts["failed"] == 0
+    assert counts["done"] + counts["cancelled"] == 24
+    time.sleep(1.0)  # a decoder still running at cancel time finishes as done, never as cancelled
+    present = object_store.list_keys(f"renders/alice/{victim.id}/")
+    for job in victim.results():
+        has_png = job["s3_key"] in present
+        assert has_png == (job["state"] == "done"), job
+    # The other campaign was not disturbed.
+    assert bystander.wait(timeout=120)["counts"]["done"] == 4
+
+
+def test_tenant_isolation(alice, bob, object_store):
+    handle = alice.submit_campaign([{"prompt": "mine", "seed": 1, **FAST}])
+    handle.wait(timeout=60)
+    for call in (
+        lambda: bob.campaign(handle.id),
+        lambda: bob.request("GET", f"/v1/campaigns/{handle.id}/jobs"),
+        lambda: bob.request("DELETE", f"/v1/campaigns/{handle.id}"),
+        lambda: bob.request("POST", f"/v1/campaigns/{handle.id}/resume"),
+        lambda: bob.request("POST", f"/v1/campaigns/{handle.id}/retry-failed"),
+    ):
+        with pytest.raises(NotFound):
+            call()
+    assert handle.id not in [c["id"] for c in bob.campaigns()]
+    assert handle.id in [c["id"] for c in alice.campaigns()]
+    (job,) = handle.results()
+    assert job["s3_key"].startswith("renders/alice/")
+    assert object_store.list_keys("renders/bob/") >= set()  # bob's prefix holds none of alice's
+    assert not any(handle.id in k for k in object_store.list_keys("renders/bob/"))
+
+
+def test_auth_required(api_url):
+    assert httpx.get(f"{api_url}/v1/campaigns").status_code == 401
+    bad = httpx.get(f"{api_url}/v1/campaigns", headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 401 and bad.headers["www-authenticate"] == "Bearer"
+    from farm.client import Client
+
+    with Client(api_url, "wrong-token-0123456789") as c, pytest.raises(Unauthorized):
+        c.campaigns()
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        ({"jobs": [{"prompt": "x", "height": 100}]}, "height", "multiple of 64"),
+        (
+            {"jobs": [{"prompt": "ok"}, {"prompt": "x", "num_inference_steps": 0}]},
+            "num_inference_steps",
+            "greater than or equal to 1",
+        ),
+        ({"jobs": [{"height": 64}]}, "prompt", "required"),
+        ({"jobs": [{"prompt": "x", "stepz": 1}]}, "stepz", "unknown field"),
+        ({"jobs": []}, "jobs", "at least one"),
+        (
+            {"grid": {"prompts": ["a"], "params": {"width": [64, 65]}}},
+            "grid.params.width",
+            "multiple of 64",
+        ),
+        ({"grid": {"prompts": ["a"], "seeds": "many"}}, "grid.seeds", "valid"),
+        ({"defaults": {}}, "campaign", "exactly one"),
+        ({"jobs": "x"}, "jobs", "valid list"),
+    ],
+)
+def test_validation_errors_are_422_naming_the_field(api_url, tokens, body, field, words):
+    before = httpx.get(
+        f"{api_url}/v1/campaigns", headers={"Authorization": f"Bearer {tokens['alice']}"}
+    ).json()
+    resp = httpx.post(
+        f"{api_url}/v1/campaigns", json=body, headers={"Authorization": f"Bearer {tokens['alice']}"}
+    )
+    assert resp.status_code == 422, resp.text
+    detail = resp.json()["detail"][0]
+    assert detail["field"] == field and words in detail["message"], detail
+    after = httpx.get(
+        f"{api_url}/v1/campaigns", headers={"Authorization": f"Bearer {tokens['alice']}"}
+    ).json()
+    assert len(after) == len(before)  # nothing was created
+
+
+def test_client_raises_typed_errors(alice):
+    with pytest.raises(InvalidJob) as exc:
+        alice.submit_campaign([{"prompt": "x", "width": 4096}])
+    assert exc.value.field == "width" and "2048" in str(exc.value)
+    with pytest.raises(NotFound, match="unknown campaign"):
+        alice.campaign("0" * 32)
+    with pytest.raises(InvalidJob, match="cursor"):
+        handle = alice.submit_job({"prompt": "c", **FAST})
+        alice.request("GET", f"/v1/campaigns/{handle.id}/jobs", params={"cursor": "%%%"})
+    with pytest.raises(InvalidJob, match="state"):
+        alice.request("GET", f"/v1/campaigns/{handle.id}/jobs", params={"state": "sleeping"})
+
+
+def test_retry_failed(alice, farm, redis_client):
+    handle = alice.submit_campaign([{"prompt": "flaky", "seed": 3, **FAST}])
+    handle.wait(timeout=60)
+    (job,) = handle.results()
+    # Make it look failed (as after an error), then retry it through the API.
+    from farm.jobs import JobState
+
+    farm.records.move(
+        job["job_id"],
+        handle.id,
+        JobState.FAILED,
+        tuple(JobState),
+        error={"type": "X", "message": "y"},
+    )
+    assert handle.status()["counts"]["failed"] == 1
+    assert handle.retry_failed() == 1
+    status = handle.wait(timeout=60)
+    assert status["counts"] == {**status["counts"], "done": 1, "failed": 0}
+
+
+def test_health_and_readiness(api_url):
+    assert httpx.get(f"{api_url}/healthz").json() == {"ok": True}
+    ready = httpx.get(f"{api_url}/readyz")
+    assert ready.status_code == 200, ready.text
+    body = ready.json()
+    assert (
+        body["redis"] is True
+        and body["s3"] is True
+        and body["workers"] == {"prior": 1, "decoder": 1}
+    )
+    assert httpx.get(f"{api_url}/docs").status_code == 200
+    assert "/v1/campaigns" in httpx.get(f"{api_url}/openapi.json").json()["paths"]
+
+
+def test_status_json_has_api_url_and_token(stack):
+    status = stack.status()
+    assert status["api_url"].startswith("http://127.0.0.1:") and status["token"].startswith(
+        "alice-"
+    )
+    assert keys.DEFAULT_TENANT == "default"

@@ -1,0 +1,108 @@
+"""S3 is the source of truth: a campaign resumes after Redis lost everything.
+
+Runs on a stack of its own (its own Valkey and workers) because it flushes Redis completely.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import pytest
+import redis
+
+from farm.client import Client
+from farm.errors import ServiceUnavailable
+from farm.services import free_port, start_valkey
+from farm.settings import Settings
+from farm.stack import Stack
+
+pytestmark = pytest.mark.slow
+
+SLOW = {"num_inference_steps": 10, "prior_num_inference_steps": 2, "height": 128, "width": 128}
+
+
+@pytest.fixture(scope="module")
+def own_stack(seaweed, tmp_path_factory):
+    port, password = free_port(), secrets.token_urlsafe(16)
+    valkey = start_valkey(tmp_path_factory.mktemp("valkey-resume"), port, password)
+    token = "carol-" + secrets.token_urlsafe(16)
+    settings = Settings(
+        state_dir=tmp_path_factory.mktemp("state-resume"),
+        redis_url=f"redis://:{password}@127.0.0.1:{port}/0",
+        s3_bucket="farm-resume",
+        api_tokens=f"carol:{token}",
+        api_port=0,
+        flower_port=0,
+        **seaweed,
+    )
+    stack = Stack(settings)
+    try:
+        stack.up(timeout=180)
+        yield settings, stack, token
+    finally:
+        stack.down()
+        valkey.stop()
+
+
+def test_resume_after_redis_flushed_completely(own_stack):
+    settings, stack, token = own_stack
+    from farm.storage import ObjectStore
+
+    objects = ObjectStore.from_settings(settings)
+    r = redis.Redis.from_url(settings.redis_url)
+    with Client(stack.read_state()["api_url"], token) as client:
+        handle = client.submit_campaign(
+            [{"prompt": f"resume {i}", "seed": i, **SLOW} for i in range(10)]
+        )
+        deadline = time.monotonic() + 60
+        while handle.status()["counts"]["done"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r.flushall()  # queued messages, records, embeddings, counters: all gone
+        time.sleep(1.5)  # let the jobs that were running finish against the empty Redis
+        out = handle.resume()
+        assert out["requeued"] + out["present"] == 10 and out["requeued"] >= 1
+        status = handle.wait(timeout=180)
+        assert status["counts"]["done"] == 10, status
+        prefix = f"renders/carol/{handle.id}/"
+        pngs = sorted(
+            k for k in objects.list_keys(prefix) if k.endswith(".png") and "contact_sheet" not in k
+        )
+        jobs = list(handle.results())
+        # Every image present, exactly once: one object per job, at the job's own key.
+        assert pngs == sorted(j["s3_key"] for j in jobs) and len(set(pngs)) == 10
+        # Resuming a finished campaign requeues nothing.
+        assert handle.resume() == {"requeued": 0, "present": 10}
+
+
+def test_api_says_503_when_redis_and_s3_are_down(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    dead = Settings(
+        state_dir=tmp_path,
+        redis_url="redis://127.0.0.1:1/0",
+        s3_endpoint="http://127.0.0.1:1",
+        s3_access_key="x",
+        s3_secret_key="y",
+        api_tokens="dave:" + "d" * 24,
+    )
+    from farm.service import Farm
+
+    farm = Farm(dead, client=redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5))
+    farm.objects.client.meta.config.retries = {"max_attempts": 1}
+    app = create_app(dead, farm=farm)
+    with TestClient(app) as http:
+        auth = {"Authorization": "Bearer " + "d" * 24}
+        resp = http.post("/v1/campaigns", json={"jobs": [{"prompt": "x"}]}, headers=auth)
+        assert resp.status_code == 503 and resp.json()["error"] == "ServiceUnavailable"
+        assert http.get("/v1/campaigns/abc", headers=auth).status_code == 503
+        # Bad input is still a 422, not a 503, even with everything down.
+        assert (
+            http.post("/v1/campaigns", json={"jobs": [{"prompt": ""}]}, headers=auth).status_code
+            == 422
+        )
+        assert http.get("/readyz").status_code == 503
+    with pytest.raises(ServiceUnavailable):
+        farm.status("abc", tenant="dave")

@@ -96,8 +96,7 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         detail = [
-            {"field": field_path(e["loc"]) or "body", "message": e["msg"]}
-            for e in exc.errors()
+            {"field": field_path(e["loc"]) or "body", "message": e["msg"]} for e in exc.errors()
         ]
         first = detail[0] if detail else {"field": "body", "message": "invalid"}
         return JSONResponse(

@@ -220,6 +220,7 @@ def parser() -> argparse.ArgumentParser:
         ("retry", "re-enqueue failed jobs"),
     ):
         sub.add_parser(name, help=text).add_argument("id")
+    sub.add_parser("settings", help="every FARM_* setting with its default (markdown)")
     m = sub.add_parser("models", help="model utilities")
     msub = m.add_subparsers(dest="models_command", required=True)
     t = msub.add_parser("tiny", help="build the tiny random-weight pipelines (offline)")
@@ -233,6 +234,7 @@ COMMANDS = {
     "status": cmd_status,
     "demo": cmd_demo,
     "models": cmd_models_tiny,
+    "settings": lambda settings, args: print(Settings.markdown_table()) or 0,
     "submit": cmd_submit,
     "watch": cmd_watch,
     "ls": cmd_ls,

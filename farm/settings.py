@@ -132,6 +132,15 @@ class Settings(BaseSettings):
                 update["api_token"] = SecretStr(stack["token"])
         return self.model_copy(update=update)
 
+    @classmethod
+    def markdown_table(cls) -> str:
+        """Every setting with its default, as the README's table (`farm settings`)."""
+        rows = ["| variable | default | what it is |", "|---|---|---|"]
+        for name, field in cls.model_fields.items():
+            default = "unset" if field.default is None else f"`{field.default}`"
+            rows.append(f"| `FARM_{name.upper()}` | {default} | {field.description} |")
+        return "\n".join(rows)
+
     def tenants(self) -> dict[str, str]:
         """API server: token -> tenant, from ``api_tokens``."""
         out: dict[str, str] = {}

@@ -99,6 +99,15 @@ def test_readme_lists_every_setting_with_its_default():
     from pathlib import Path
 
     readme = Path(__file__).resolve().parent.parent.joinpath("README.md").read_text()
-    for name, field in Settings.model_fields.items():
-        default = "unset" if field.default is None else f"`{field.default}`"
-        assert f"| `FARM_{name.upper()}` | {default} |" in readme, name
+    assert Settings.markdown_table() in readme, (
+        "README settings table is stale: paste `farm settings`"
+    )
+
+
+def test_api_tokens_parse_and_refuse_weak_ones():
+    s = Settings(api_tokens="alice:" + "a" * 20 + ", bob:" + "b" * 16)
+    assert s.tenants() == {"a" * 20: "alice", "b" * 16: "bob"}
+    with pytest.raises(ConfigError, match="16"):
+        Settings(api_tokens="eve:short").tenants()
+    with pytest.raises(ConfigError, match="tenant:token"):
+        Settings(api_tokens="no-colon-here-at-all").tenants()

@@ -91,3 +91,46 @@ def test_demo_end_to_end_on_embedded_servers(tmp_path):
         except OSError:
             continue
         assert str(state).encode() not in cmd, cmd
+
+
+def test_cli_campaign_commands(stack, api_url, tokens, tmp_path):
+    """`farm submit / watch / ls / results / cancel / resume` against the live API."""
+    env = _clean_env(
+        FARM_API_URL=api_url, FARM_API_TOKEN=tokens["alice"], FARM_STATE_DIR=str(tmp_path / "none")
+    )
+    yml = tmp_path / "campaign.yaml"
+    yml.write_text(
+        "name: cli-grid\n"
+        "grid:\n  prompts: [a red cat, 一只猫]\n  seeds: [1, 2]\n"
+        "defaults: {height: 64, width: 64, num_inference_steps: 2, prior_num_inference_steps: 2}\n",
+        encoding="utf-8",
+    )
+    res = _farm("submit", str(yml), "--idempotency-key", "cli-1", env=env)
+    assert res.returncode == 0, res.stderr
+    cid = res.stdout.split()[1].rstrip(":")
+    assert "4 jobs" in res.stdout
+    again = _farm("submit", str(yml), "--idempotency-key", "cli-1", env=env)
+    assert cid in again.stdout and "existing campaign" in again.stdout
+    watch = _farm("watch", cid, "--interval", "0.2", env=env)
+    assert (
+        watch.returncode == 0
+        and json.loads(watch.stdout[watch.stdout.index("{") :])["counts"]["done"] == 4
+    )
+    ls = _farm("ls", env=env)
+    assert cid in ls.stdout and "cli-grid" in ls.stdout
+    lines = _farm("results", cid, env=env).stdout.splitlines()
+    assert len(lines) == 4 and all(json.loads(x)["state"] == "done" for x in lines)
+    dl = _farm("results", cid, "--download", str(tmp_path / "dl"), env=env)
+    assert "downloaded 4 images" in dl.stdout and len(list((tmp_path / "dl").glob("*.png"))) == 4
+    assert "requeued 0 jobs; 4 images already present" in _farm("resume", cid, env=env).stdout
+    assert _farm("cancel", cid, env=env).returncode == 0  # a finished campaign: nothing to cancel
+    jsonl = tmp_path / "jobs.jsonl"
+    jsonl.write_text(
+        '{"prompt": "one", "height": 64, "width": 64}\n{"prompt": "two", "height": 100}\n'
+    )
+    bad = _farm("submit", str(jsonl), env=env)
+    assert bad.returncode == 2 and "jobs[1].height" in bad.stderr and "multiple of 64" in bad.stderr
+    nope = _farm(
+        "results", "f" * 32, env=_clean_env(FARM_API_URL=api_url, FARM_API_TOKEN=tokens["bob"])
+    )
+    assert nope.returncode == 2 and "unknown campaign" in nope.stderr

@@ -165,6 +165,10 @@ class Farm:
                             keys.PRIOR_TASK,
                             kwargs=self._message(job_id, campaign_id, tenant, spec),
                             producer=producer,
+                            declare=[],  # declared above, once; per message it is a round trip
+                            # The job records are the results; a result subscription per
+                            # message would be another Redis command each.
+                            ignore_result=True,
                             kwargsrepr=f"{{'job_id': '{job_id}', 'campaign_id': '{campaign_id}'}}",
                         )
         except (redis.RedisError, OSError) as e:

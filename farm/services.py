@@ -178,11 +178,21 @@ def weed_binary() -> str:
     return found
 
 
+def _weed_ports(s3_port: int) -> dict[str, int]:
+    """Free ports for weed's parts, none equal to another's gRPC port (port + 10000)."""
+    for _ in range(50):
+        ports = {n: free_port() for n in ("master", "volume", "filer", "admin")}
+        taken = [s3_port, *ports.values()]
+        if len(set(taken)) == len(taken) and not set(taken) & {p + 10000 for p in taken}:
+            return ports
+    raise StackError("no free set of ports for SeaweedFS")
+
+
 def start_weed(data_dir: Path, s3_port: int, access_key: str, secret_key: str) -> Proc:
     """SeaweedFS ``weed mini`` serving S3 on 127.0.0.1 with signature checks on."""
     data_dir.mkdir(parents=True, exist_ok=True)
     binary = weed_binary()
-    ports = {n: free_port() for n in ("master", "volume", "filer", "admin")}
+    ports = _weed_ports(s3_port)
     argv = [
         binary, "mini",
         f"-dir={data_dir}",

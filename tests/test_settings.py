@@ -85,6 +85,7 @@ def test_celery_config_is_safe(tmp_path):
     assert conf["worker_send_task_events"] and conf["task_send_sent_event"]
     assert conf["worker_cancel_long_running_tasks_on_connection_loss"]
     assert conf["broker_connection_max_retries"] is None
+    assert conf["worker_proc_alive_timeout"] >= 120  # a child loading models must not be killed
     routes = conf["task_routes"]
     assert routes["farm.prior"]["queue"] == "prior" and routes["farm.decoder"]["queue"] == "decoder"
 

@@ -47,6 +47,9 @@ def celery_config(settings: Settings) -> dict:
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         # Each restart reloads the models: recycle rarely, but do recycle leaks.
         "worker_max_tasks_per_child": 10_000,
+        # A prefork child loads its pipelines before it reports "up"; with the default 4 s a
+        # respawned child (after a crash or a recycle) is killed mid-load, forever.
+        "worker_proc_alive_timeout": 600,
         # Flower needs events; the farm's own records say more than task results.
         "worker_send_task_events": True,
         "task_send_sent_event": True,

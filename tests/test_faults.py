@@ -106,3 +106,54 @@ def test_api_says_503_when_redis_and_s3_are_down(tmp_path):
         assert http.get("/readyz").status_code == 503
     with pytest.raises(ServiceUnavailable):
         farm.status("abc", tenant="dave")
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_worker_killed_mid_decode_job_still_finishes_once(own_stack):
+    """SIGKILL the decoder's pool process mid-job: late ack + reject-on-worker-lost redeliver it."""
+    import os
+    import signal
+
+    settings, stack, token = own_stack
+    from farm.storage import ObjectStore
+
+    decoder = next(p for p in stack.procs() if p.name == "worker-decoder")
+    slow = {**SLOW, "num_inference_steps": 60, "height": 192, "width": 192}
+    with Client(stack.read_state()["api_url"], token) as client:
+        handle = client.submit_job({"prompt": "survive a crash", "seed": 11, **slow})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if handle.status()["counts"]["decoding"] == 1:
+                break
+            time.sleep(0.02)
+        victims = _children(decoder.pid)
+        assert victims, "the decoder worker has no pool process"
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        status = handle.wait(timeout=120)
+        assert status["counts"]["done"] == 1, status
+        (job,) = handle.results()
+    objects = ObjectStore.from_settings(settings)
+    keys_ = [
+        k
+        for k in objects.list_keys(f"renders/carol/{handle.id}/")
+        if k.endswith(".png") and "contact" not in k
+    ]
+    assert keys_ == [job["s3_key"]]
+    r = redis.Redis.from_url(settings.redis_url)
+    from farm import keys
+
+    assert int(r.get(keys.attempts(job["job_id"], "decoder"))) == 2  # delivered again, once

@@ -35,11 +35,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="farm-bulk-"))
     rport, password = free_port(), secrets.token_urlsafe(16)
     s3port, access, secret = free_port(), "bench" + secrets.token_hex(4), secrets.token_urlsafe(24)
-    procs = [
-        start_valkey(tmp / "valkey", rport, password),
-        start_weed(tmp / "s3", s3port, access, secret),
-    ]
+    procs = []
     try:
+        procs.append(start_valkey(tmp / "valkey", rport, password))
+        procs.append(start_weed(tmp / "s3", s3port, access, secret))
         token = secrets.token_urlsafe(24)
         settings = Settings(
             state_dir=tmp,

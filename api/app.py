@@ -158,6 +158,21 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
         )
         return Submitted(campaign_id=sub.campaign_id, job_count=sub.job_count, created=sub.created)
 
+    @app.post("/v1/inputs", status_code=201)
+    async def upload_input(request: Request, tenant: Tenant) -> dict:
+        """An input image (PNG, JPEG or WebP, raw body) for img2img, inpainting, interpolation."""
+        from farm.inputs import MAX_BYTES
+
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > MAX_BYTES:
+            raise InvalidJob("image", f"upload is {declared} bytes; at most {MAX_BYTES}")
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > MAX_BYTES:
+                raise InvalidJob("image", f"upload exceeds {MAX_BYTES} bytes")
+        return get_farm().upload_input(bytes(data), tenant=tenant)
+
     @app.get("/v1/campaigns")
     def list_campaigns(
         tenant: Tenant, limit: Annotated[int, Query(ge=1, le=1000)] = 100

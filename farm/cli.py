@@ -120,6 +120,24 @@ def cmd_submit(settings: Settings, args) -> int:
     return 0
 
 
+def cmd_settings(settings: Settings, args) -> int:
+    print(Settings.markdown_table())
+    return 0
+
+
+def cmd_capabilities(settings: Settings, args) -> int:
+    from farm.capabilities import markdown_matrix
+
+    print(markdown_matrix())
+    return 0
+
+
+def cmd_upload(settings: Settings, args) -> int:
+    with _client(settings) as client:
+        print(client.upload(Path(args.file)))
+    return 0
+
+
 def cmd_watch(settings: Settings, args) -> int:
     with _client(settings) as client:
         status = client.campaign(args.id).wait(progress=True, poll_s=args.interval)
@@ -221,6 +239,9 @@ def parser() -> argparse.ArgumentParser:
     ):
         sub.add_parser(name, help=text).add_argument("id")
     sub.add_parser("settings", help="every FARM_* setting with its default (markdown)")
+    sub.add_parser("capabilities", help="model x task matrix (markdown)")
+    up = sub.add_parser("upload", help="upload an input image; prints its in:... reference")
+    up.add_argument("file")
     m = sub.add_parser("models", help="model utilities")
     msub = m.add_subparsers(dest="models_command", required=True)
     t = msub.add_parser("tiny", help="build the tiny random-weight pipelines (offline)")
@@ -234,7 +255,9 @@ COMMANDS = {
     "status": cmd_status,
     "demo": cmd_demo,
     "models": cmd_models_tiny,
-    "settings": lambda settings, args: print(Settings.markdown_table()) or 0,
+    "settings": cmd_settings,
+    "capabilities": cmd_capabilities,
+    "upload": cmd_upload,
     "submit": cmd_submit,
     "watch": cmd_watch,
     "ls": cmd_ls,

@@ -117,6 +117,23 @@ class Client:
         out = self.request("POST", "/v1/jobs", json=spec, headers=headers)
         return CampaignHandle(self, out["campaign_id"], out["job_count"], out["created"])
 
+    def upload(self, image) -> str:
+        """Upload an input image (a path, bytes or a PIL image); returns its ``in:...`` reference."""
+        if hasattr(image, "save"):
+            import io
+
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            data = buf.getvalue()
+        elif isinstance(image, bytes | bytearray):
+            data = bytes(image)
+        else:
+            data = Path(image).read_bytes()
+        out = self.request(
+            "POST", "/v1/inputs", content=data, headers={"Content-Type": "application/octet-stream"}
+        )
+        return out["input"]
+
     def campaign(self, campaign_id: str) -> CampaignHandle:
         status = self.request("GET", f"/v1/campaigns/{campaign_id}")
         return CampaignHandle(self, campaign_id, status["total"], False)

@@ -12,13 +12,23 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from farm import capabilities
 from farm.errors import InvalidJob
 
 SIZE_MULTIPLE = 64  # Kandinsky's MoVQ downsamples by 8 and the pipelines round to 8 * 8
+INPUT_REF = r"^in:[0-9a-f]{64}$"  # an uploaded input image, by content hash
+SCHEDULERS = ("default", "ddim", "ddpm")
 MAX_SIDE = 2048
 MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**63 - 1
@@ -33,12 +43,30 @@ def field_path(loc: tuple) -> str:
     return ".".join(parts)
 
 
+class InterpolationItem(BaseModel):
+    """One ingredient of an interpolation: a text or an uploaded image, with its weight."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS)
+    image: str | None = Field(None, pattern=INPUT_REF)
+    weight: float = Field(gt=0, le=10)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> InterpolationItem:
+        if (self.text is None) == (self.image is None):
+            raise ValueError("give exactly one of text or image")
+        return self
+
+
 class JobSpec(BaseModel):
     """What to render. Defaults are the diffusers pipelines' own defaults."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    model: str = capabilities.DEFAULT_MODEL
+    task: Literal["text2img", "img2img", "inpaint", "interpolate"] = "text2img"
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     prior_guidance_scale: float = Field(4.0, ge=0, le=100)
@@ -47,13 +75,39 @@ class JobSpec(BaseModel):
     num_inference_steps: int = Field(100, ge=1, le=500)
     height: int = Field(512, ge=SIZE_MULTIPLE, le=MAX_SIDE)
     width: int = Field(512, ge=SIZE_MULTIPLE, le=MAX_SIDE)
+    image: str | None = Field(None, pattern=INPUT_REF, description="img2img / inpaint input")
+    mask: str | None = Field(None, pattern=INPUT_REF, description="inpaint: white = repaint")
+    strength: float = Field(0.3, gt=0, le=1, description="img2img: how much to change")
+    interpolate: list[InterpolationItem] | None = Field(None, min_length=2, max_length=16)
+    scheduler: Literal["default", "ddim", "ddpm"] = "default"
 
-    @field_validator("prompt")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be blank")
-        return v
+    @model_validator(mode="after")
+    def _task_inputs(self) -> JobSpec:
+        # Each error names the field it is about: raised as (field, message) pairs.
+        try:
+            capabilities.check(self.model, self.task)
+        except ValueError as e:
+            raise ValueError(f"model|{e}") from None
+        needs = {
+            "img2img": ("image",),
+            "inpaint": ("image", "mask"),
+            "interpolate": ("interpolate",),
+        }
+        for name in needs.get(self.task, ()):
+            if getattr(self, name) is None:
+                raise ValueError(f"{name}|required for task {self.task}")
+        for name in ("image", "mask", "interpolate"):
+            if getattr(self, name) is not None and name not in needs.get(self.task, ()):
+                raise ValueError(f"{name}|not used by task {self.task}")
+        if self.task != "interpolate" and not self.prompt.strip():
+            raise ValueError("prompt|must not be blank" if self.prompt else "prompt|required")
+        return self
+
+    def input_refs(self) -> list[str]:
+        """Every uploaded input this job reads."""
+        refs = [r for r in (self.image, self.mask) if r]
+        refs += [i.image for i in self.interpolate or () if i.image]
+        return refs
 
     @field_validator("height", "width")
     @classmethod
@@ -79,6 +133,8 @@ class JobSpec(BaseModel):
             err = e.errors()[0]
             name = field_path(err["loc"]) or "job"
             msg = err["msg"].removeprefix("Value error, ")
+            if "|" in msg and err["type"] == "value_error" and not err["loc"]:
+                name, msg = msg.split("|", 1)
             if err["type"] == "extra_forbidden":
                 msg = f"unknown field (allowed: {', '.join(cls.model_fields)})"
             raise InvalidJob(name, msg, index=index) from None

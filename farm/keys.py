@@ -77,3 +77,8 @@ def results_object(prefix: str, tenant: str, campaign_id: str) -> str:
 
 def contact_sheet_object(prefix: str, tenant: str, campaign_id: str) -> str:
     return f"{campaign_prefix(prefix, tenant, campaign_id)}/contact_sheet.png"
+
+
+def input_object(prefix: str, tenant: str, ref: str) -> str:
+    """S3 key of an uploaded input (``in:<sha256>``), under the tenant's prefix."""
+    return f"{prefix}/{tenant}/inputs/{ref.removeprefix('in:')}"

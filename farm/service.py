@@ -27,7 +27,7 @@ import redis
 
 from farm import keys
 from farm.campaigns import CampaignSpec
-from farm.errors import Conflict, JobFailed, NotFound, ServiceUnavailable
+from farm.errors import Conflict, InvalidJob, JobFailed, NotFound, ServiceUnavailable
 from farm.jobs import JobRecord, JobSpec, JobState, new_id
 from farm.records import ACTIVE, RecordStore
 from farm.settings import Settings
@@ -92,6 +92,7 @@ class Farm:
         """
         campaign = CampaignSpec.parse(spec)
         specs = campaign.expand()
+        self._check_inputs(specs, tenant)
         campaign_id = new_id()
         if idempotency_key:
             body = hashlib.sha256(campaign.model_dump_json().encode()).hexdigest()
@@ -117,6 +118,50 @@ class Farm:
                 self.redis.delete(keys.idempotency(tenant, idempotency_key))
             raise
         return Submitted(campaign_id, len(specs), True)
+
+    def upload_input(self, data: bytes, *, tenant: str = keys.DEFAULT_TENANT) -> dict:
+        """Store an input image (checked first); returns its reference for job specs."""
+        from farm.inputs import check_image
+
+        img = check_image(data)
+        key = keys.input_object(self.settings.s3_prefix, tenant, img.ref)
+        if self.objects.head(key) is None:
+            meta = {"width": str(img.width), "height": str(img.height), "format": img.format}
+            self.objects.put(key, data, f"image/{img.format.lower()}", metadata=meta)
+        return {"input": img.ref, "width": img.width, "height": img.height, "format": img.format}
+
+    def _check_inputs(self, specs: list[JobSpec], tenant: str) -> None:
+        """Every referenced input exists (for this tenant); a mask matches its image's size."""
+        seen: dict[str, dict | None] = {}
+
+        def meta(ref: str) -> dict | None:
+            if ref not in seen:
+                seen[ref] = self.objects.head(
+                    keys.input_object(self.settings.s3_prefix, tenant, ref)
+                )
+            return seen[ref]
+
+        for index, spec in enumerate(specs):
+            for field, ref in (("image", spec.image), ("mask", spec.mask)):
+                if ref and meta(ref) is None:
+                    raise InvalidJob(
+                        field,
+                        f"unknown input {ref}; upload it first (POST /v1/inputs)",
+                        index=index,
+                    )
+            for n, item in enumerate(spec.interpolate or ()):
+                if item.image and meta(item.image) is None:
+                    raise InvalidJob(
+                        f"interpolate.{n}.image", f"unknown input {item.image}", index=index
+                    )
+            if spec.mask and spec.image:
+                im, mk = meta(spec.image), meta(spec.mask)
+                if (im["width"], im["height"]) != (mk["width"], mk["height"]):
+                    raise InvalidJob(
+                        "mask",
+                        f"size {mk['width']}x{mk['height']} does not match the image's {im['width']}x{im['height']}",
+                        index=index,
+                    )
 
     def _create(
         self, campaign_id: str, tenant: str, campaign: CampaignSpec, specs: list[JobSpec]
@@ -148,8 +193,14 @@ class Farm:
         self._enqueue(campaign_id, tenant, pairs)
 
     def _message(self, job_id: str, campaign_id: str, tenant: str, spec: JobSpec) -> dict:
-        key = keys.image_object(self.settings.s3_prefix, tenant, campaign_id, job_id)
-        return {"job_id": job_id, "campaign_id": campaign_id, "spec": spec.to_dict(), "key": key}
+        prefix = self.settings.s3_prefix
+        return {
+            "job_id": job_id,
+            "campaign_id": campaign_id,
+            "spec": spec.to_dict(),
+            "key": keys.image_object(prefix, tenant, campaign_id, job_id),
+            "inputs": {ref: keys.input_object(prefix, tenant, ref) for ref in spec.input_refs()},
+        }
 
     def _enqueue(self, campaign_id: str, tenant: str, pairs: list[tuple[str, JobSpec]]) -> None:
         """Publish prior tasks in pipelined batches (one Redis round trip per 1,000 messages)."""
@@ -423,8 +474,6 @@ def _encode_cursor(index: int) -> str:
 def _decode_cursor(cursor: str | None) -> int:
     if not cursor:
         return 0
-    from farm.errors import InvalidJob
-
     try:
         value = int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
     except ValueError:

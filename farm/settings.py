@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     decoder_model: str = Field(
         TINY, description="Decoder pipeline: hub id (from the HF cache), local folder, or 'tiny'."
     )
+    inpaint_model: str = Field(
+        TINY, description="Inpainting decoder: hub id (from the HF cache), local folder, or 'tiny'."
+    )
     device: str = Field("cpu", description="Torch device for the pipelines: cpu, cuda, cuda:1 ...")
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="Torch dtype the pipelines are loaded in."
@@ -163,7 +166,11 @@ class Settings(BaseSettings):
 
     def model_folder(self, stage: str) -> str:
         """The model id or folder for a stage, with 'tiny' resolved to the built folder."""
-        value = self.prior_model if stage == "prior" else self.decoder_model
+        value = {
+            "prior": self.prior_model,
+            "decoder": self.decoder_model,
+            "inpaint": self.inpaint_model,
+        }[stage]
         if value == TINY:
             return str(self.tiny_dir / stage)
         return value
@@ -174,7 +181,7 @@ class Settings(BaseSettings):
 
     @property
     def uses_tiny(self) -> bool:
-        return TINY in (self.prior_model, self.decoder_model)
+        return TINY in (self.prior_model, self.decoder_model, self.inpaint_model)
 
     def worker_env(self) -> dict[str, str]:
         """Environment that hands these exact settings to a child process (a worker, Flower)."""

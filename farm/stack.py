@@ -136,7 +136,7 @@ class Stack:
             return
         from farm.models.tiny import build_k22, is_tiny
 
-        if not (is_tiny(settings.tiny_dir / "prior") and is_tiny(settings.tiny_dir / "decoder")):
+        if not all(is_tiny(settings.tiny_dir / part) for part in ("prior", "decoder", "inpaint")):
             build_k22(settings.tiny_dir)
 
     def _ensure_bucket(self, settings: Settings) -> None:

@@ -1,8 +1,8 @@
-"""The two stages as pure functions over a loaded pipeline. They know nothing of Celery or IO.
+"""The two stages as pure functions over loaded pipelines. They know nothing of Celery or IO.
 
 Seeding: each stage seeds its own CPU ``torch.Generator`` with the job's seed, the way diffusers'
 own Kandinsky integration tests call the two pipelines, so a stage re-run on any worker (or in one
-process) gives the same tensors.
+process) gives the same tensors. Input images arrive already decoded (``images`` by reference).
 """
 
 from __future__ import annotations
@@ -16,28 +16,60 @@ from PIL import Image, PngImagePlugin
 from farm.embeddings import Embeddings
 from farm.jobs import JobSpec
 
+SCHEDULERS = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler"}
+
 
 def generator(seed: int) -> torch.Generator:
     # A CPU generator gives the same noise whatever device the pipeline runs on.
     return torch.Generator("cpu").manual_seed(seed)
 
 
-def run_prior(pipe, spec: JobSpec) -> Embeddings:
-    """Prompt -> image embeddings (the CLIP prior)."""
-    out = pipe(
-        prompt=spec.prompt,
-        negative_prompt=spec.negative_prompt,
-        guidance_scale=spec.prior_guidance_scale,
-        num_inference_steps=spec.prior_num_inference_steps,
-        generator=generator(spec.seed),
-    )
+def with_scheduler(pipe, name: str):
+    """The pipeline with another scheduler, sharing every weight (a new object, not a mutation)."""
+    if name == "default":
+        return pipe
+    import diffusers
+
+    cls = getattr(diffusers, SCHEDULERS[name])
+    return type(pipe)(**{**pipe.components, "scheduler": cls.from_config(pipe.scheduler.config)})
+
+
+def run_prior(pipe, spec: JobSpec, images: dict[str, Image.Image] | None = None) -> Embeddings:
+    """Prompt (or a weighted mix of prompts and images) -> image embeddings (the CLIP prior)."""
+    if spec.task == "interpolate":
+        items = [i.text if i.text is not None else images[i.image] for i in spec.interpolate]
+        out = pipe.interpolate(
+            items,
+            [i.weight for i in spec.interpolate],
+            num_inference_steps=spec.prior_num_inference_steps,
+            generator=generator(spec.seed),
+            negative_prior_prompt=spec.negative_prompt,
+            guidance_scale=spec.prior_guidance_scale,
+        )
+    else:
+        out = pipe(
+            prompt=spec.prompt,
+            negative_prompt=spec.negative_prompt,
+            guidance_scale=spec.prior_guidance_scale,
+            num_inference_steps=spec.prior_num_inference_steps,
+            generator=generator(spec.seed),
+        )
     return Embeddings(out.image_embeds, out.negative_image_embeds)
 
 
-def run_decoder(pipe, spec: JobSpec, emb: Embeddings) -> Image.Image:
-    """Image embeddings -> picture (UNet + MoVQ)."""
+def run_decoder(
+    pipe, spec: JobSpec, emb: Embeddings, images: dict[str, Image.Image] | None = None
+) -> Image.Image:
+    """Image embeddings (+ input image / mask) -> picture (UNet + MoVQ)."""
     device, dtype = pipe.device, pipe.dtype
-    out = pipe(
+    kwargs = {}
+    if spec.task in ("img2img", "inpaint"):
+        kwargs["image"] = images[spec.image]
+    if spec.task == "img2img":
+        kwargs["strength"] = spec.strength
+    if spec.task == "inpaint":
+        kwargs["mask_image"] = images[spec.mask]  # white = repaint, as in the guides
+    out = with_scheduler(pipe, spec.scheduler)(
         image_embeds=emb.image_embeds.to(device, dtype),
         negative_image_embeds=emb.negative_image_embeds.to(device, dtype),
         height=spec.height,
@@ -45,6 +77,7 @@ def run_decoder(pipe, spec: JobSpec, emb: Embeddings) -> Image.Image:
         guidance_scale=spec.guidance_scale,
         num_inference_steps=spec.num_inference_steps,
         generator=generator(spec.seed),
+        **kwargs,
     )
     return out.images[0]
 

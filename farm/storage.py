@@ -73,6 +73,17 @@ class ObjectStore:
         except BotoCoreError as e:
             raise ServiceUnavailable(f"s3: cannot get {key}: {e}") from e
 
+    def head(self, key: str) -> dict | None:
+        """The object's user metadata, or None if it does not exist."""
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key).get("Metadata", {})
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise ServiceUnavailable(f"s3: cannot head {key}: {e}") from e
+        except BotoCoreError as e:
+            raise ServiceUnavailable(f"s3: cannot head {key}: {e}") from e
+
     def list_keys(self, prefix: str) -> set[str]:
         """Every key under ``prefix`` (paginated listing)."""
         found: set[str] = set()

@@ -19,7 +19,7 @@ def validate(jobs):
         ({"prompt": "x", "height": 100}, "height", "multiple of 64"),
         ({"prompt": "x", "width": 0}, "width", "greater than or equal to 64"),
         ({"prompt": "x", "width": 4096}, "width", "less than or equal to 2048"),
-        ({"prompt": ""}, "prompt", "at least 1 character"),
+        ({"prompt": ""}, "prompt", "required"),
         ({"prompt": "   "}, "prompt", "blank"),
         ({}, "prompt", "required"),
         (
@@ -128,3 +128,71 @@ def test_bad_campaign_names_where(body, field):
     with pytest.raises(InvalidJob) as exc:
         CampaignSpec.parse(body).expand()
     assert exc.value.field == field, str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "words"),
+    [
+        ({"prompt": "x", "model": "dalle"}, "model", "unknown model 'dalle'; known: kandinsky-2.2"),
+        ({"prompt": "x", "task": "img2img"}, "image", "required for task img2img"),
+        (
+            {"prompt": "x", "task": "inpaint", "image": "in:" + "a" * 64},
+            "mask",
+            "required for task inpaint",
+        ),
+        ({"prompt": "x", "image": "in:" + "a" * 64}, "image", "not used by task text2img"),
+        (
+            {"prompt": "x", "task": "img2img", "image": "http://169.254.169.254/x"},
+            "image",
+            "pattern",
+        ),
+        (
+            {"prompt": "x", "task": "img2img", "image": "in:" + "a" * 64, "strength": 1.5},
+            "strength",
+            "1",
+        ),
+        ({"task": "interpolate"}, "interpolate", "required for task interpolate"),
+        (
+            {"task": "interpolate", "interpolate": [{"text": "a", "weight": 1}]},
+            "interpolate",
+            "at least 2",
+        ),
+        (
+            {"task": "interpolate", "interpolate": [{"text": "a", "weight": 1}, {"weight": 1}]},
+            "interpolate.1",
+            "exactly one of text or image",
+        ),
+        (
+            {
+                "task": "interpolate",
+                "interpolate": [{"text": "a", "weight": 0}, {"text": "b", "weight": 1}],
+            },
+            "interpolate.0.weight",
+            "greater than 0",
+        ),
+        ({"prompt": "x", "scheduler": "euler-magic"}, "scheduler", "'default', 'ddim' or 'ddpm'"),
+        (
+            {"prompt": "x", "task": "paint"},
+            "task",
+            "'text2img', 'img2img', 'inpaint' or 'interpolate'",
+        ),
+    ],
+)
+def test_task_fields_are_checked(data, field, words):
+    with pytest.raises(InvalidJob) as exc:
+        JobSpec.parse(data)
+    assert exc.value.field == field, str(exc.value)
+    assert words in str(exc.value)
+
+
+def test_interpolation_needs_no_prompt():
+    spec = JobSpec.parse(
+        {
+            "task": "interpolate",
+            "interpolate": [
+                {"text": "a cat", "weight": 0.3},
+                {"image": "in:" + "b" * 64, "weight": 0.7},
+            ],
+        }
+    )
+    assert spec.input_refs() == ["in:" + "b" * 64]

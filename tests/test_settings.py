@@ -112,3 +112,14 @@ def test_api_tokens_parse_and_refuse_weak_ones():
         Settings(api_tokens="eve:short").tenants()
     with pytest.raises(ConfigError, match="tenant:token"):
         Settings(api_tokens="no-colon-here-at-all").tenants()
+
+
+def test_readme_shows_the_capability_matrix():
+    from pathlib import Path
+
+    from farm.capabilities import markdown_matrix
+
+    readme = Path(__file__).resolve().parent.parent.joinpath("README.md").read_text()
+    assert markdown_matrix() in readme, (
+        "README capability matrix is stale: paste `farm capabilities`"
+    )

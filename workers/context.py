@@ -47,21 +47,49 @@ class WorkerContext:
             self.pipelines["objects"] = ObjectStore.from_settings(self.settings)
         return self.pipelines["objects"]
 
-    def pipeline(self, stage: str):
+    def pipeline(self, stage: str, task: str = "text2img"):
+        """The loaded pipeline for a stage and task (img2img shares the decoder's weights)."""
+        from farm.errors import ModelError
+
+        if stage == "decoder" and task == "inpaint":
+            if "inpaint" not in self.pipelines:
+                raise ModelError(
+                    "no inpainting model is loaded on this worker (FARM_INPAINT_MODEL)"
+                )
+            return self.pipelines["inpaint"]
+        if stage == "decoder" and task == "img2img":
+            if "decoder:img2img" not in self.pipelines:
+                from diffusers import KandinskyV22Img2ImgPipeline
+
+                img2img = KandinskyV22Img2ImgPipeline(**self.pipelines["decoder"].components)
+                img2img.set_progress_bar_config(disable=True)
+                self.pipelines["decoder:img2img"] = img2img
+            return self.pipelines["decoder:img2img"]
         return self.pipelines[stage]
 
     def load(self) -> None:
+        from farm.errors import ModelError
+
+        for stage in self.stages:
+            self._load(stage, stage)
+            if stage == "decoder":
+                try:
+                    self._load("inpaint", "inpaint")
+                except ModelError as e:
+                    # The decoder still serves text2img / img2img; inpainting jobs fail clearly.
+                    log.warning("inpainting unavailable on this worker: %s", e)
+
+    def _load(self, name: str, stage: str) -> None:
         from farm.models.registry import load_pipeline
         from farm.models.tiny import is_tiny
 
-        for stage in self.stages:
-            model = self.settings.model_folder(stage)
-            t0 = time.perf_counter()
-            self.pipelines[stage] = load_pipeline(
-                model, stage, device=self.settings.device, dtype=self.settings.dtype
-            )
-            tiny = " (tiny random weights: images are noise)" if is_tiny(model) else ""
-            log.info("loaded %s model %s in %.2fs%s", stage, model, time.perf_counter() - t0, tiny)
+        model = self.settings.model_folder(stage)
+        t0 = time.perf_counter()
+        self.pipelines[name] = load_pipeline(
+            model, stage, device=self.settings.device, dtype=self.settings.dtype
+        )
+        tiny = " (tiny random weights: images are noise)" if is_tiny(model) else ""
+        log.info("loaded %s model %s in %.2fs%s", name, model, time.perf_counter() - t0, tiny)
 
 
 _current: WorkerContext | None = None

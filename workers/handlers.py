@@ -60,8 +60,27 @@ def fail(ctx: WorkerContext, job_id: str, campaign_id: str, exc: BaseException) 
         ctx.app.send_task(keys.FINALIZE_TASK, kwargs={"campaign_id": campaign_id})
 
 
+def _images(ctx: WorkerContext, job: JobSpec, inputs: dict[str, str], stage: str) -> dict:
+    """Fetch and decode the inputs this stage reads (masks as greyscale)."""
+    from farm.inputs import load
+
+    if stage == "prior":
+        refs = [i.image for i in job.interpolate or () if i.image]
+    else:
+        refs = [r for r in (job.image, job.mask) if r]
+    return {
+        ref: load(ctx.objects.get(inputs[ref]), "L" if ref == job.mask else "RGB") for ref in refs
+    }
+
+
 def prior(
-    ctx: WorkerContext, job_id: str, campaign_id: str, spec: dict, key: str, retries: int
+    ctx: WorkerContext,
+    job_id: str,
+    campaign_id: str,
+    spec: dict,
+    key: str,
+    retries: int,
+    inputs: dict | None = None,
 ) -> dict:
     if not _start(
         ctx,
@@ -74,8 +93,9 @@ def prior(
     ):
         return {"job_id": job_id, "skipped": True}
     job = JobSpec.model_validate(spec)
+    images = _images(ctx, job, inputs or {}, "prior")
     t0 = time.perf_counter()
-    emb = run_prior(ctx.pipeline("prior"), job)
+    emb = run_prior(ctx.pipeline("prior"), job, images)
     ctx.records.add_timing(job_id, "prior", time.perf_counter() - t0)
     emb_key = ctx.embeddings.put(job_id, emb)
     if ctx.records.state(job_id) != JobState.PRIOR:
@@ -91,6 +111,7 @@ def prior(
             "spec": spec,
             "key": key,
             "emb_key": emb_key,
+            "inputs": inputs or {},
         },
         kwargsrepr=f"{{'job_id': '{job_id}', 'campaign_id': '{campaign_id}'}}",
     )
@@ -105,6 +126,7 @@ def decoder(
     key: str,
     emb_key: str,
     retries: int,
+    inputs: dict | None = None,
 ) -> dict:
     allowed = (JobState.PRIOR, JobState.DECODING)
     if not _start(ctx, job_id, campaign_id, "decoder", JobState.DECODING, allowed, retries):
@@ -116,12 +138,19 @@ def decoder(
         ctx.records.move(job_id, campaign_id, JobState.QUEUED, (JobState.DECODING,))
         ctx.app.send_task(
             keys.PRIOR_TASK,
-            kwargs={"job_id": job_id, "campaign_id": campaign_id, "spec": spec, "key": key},
+            kwargs={
+                "job_id": job_id,
+                "campaign_id": campaign_id,
+                "spec": spec,
+                "key": key,
+                "inputs": inputs or {},
+            },
         )
         return {"job_id": job_id, "requeued": "prior"}
     job = JobSpec.model_validate(spec)
+    images = _images(ctx, job, inputs or {}, "decoder")
     t0 = time.perf_counter()
-    image = run_decoder(ctx.pipeline("decoder"), job, emb)
+    image = run_decoder(ctx.pipeline("decoder", job.task), job, emb, images)
     t1 = time.perf_counter()
     data = png_bytes(image, {"job_id": job_id, "campaign_id": campaign_id, **spec})
     ctx.objects.put(key, data, "image/png", metadata={"job-id": job_id, "seed": str(job.seed)})

@@ -44,11 +44,29 @@ def register(app: Celery) -> None:
     """Define the farm's tasks on ``app``."""
 
     @app.task(name=keys.PRIOR_TASK, bind=True, **RETRY)
-    def prior(self, job_id: str, campaign_id: str, spec: dict, key: str) -> dict:
-        return _run(self, "prior", job_id=job_id, campaign_id=campaign_id, spec=spec, key=key)
+    def prior(
+        self, job_id: str, campaign_id: str, spec: dict, key: str, inputs: dict | None = None
+    ) -> dict:
+        return _run(
+            self,
+            "prior",
+            job_id=job_id,
+            campaign_id=campaign_id,
+            spec=spec,
+            key=key,
+            inputs=inputs or {},
+        )
 
     @app.task(name=keys.DECODER_TASK, bind=True, **RETRY)
-    def decoder(self, job_id: str, campaign_id: str, spec: dict, key: str, emb_key: str) -> dict:
+    def decoder(
+        self,
+        job_id: str,
+        campaign_id: str,
+        spec: dict,
+        key: str,
+        emb_key: str,
+        inputs: dict | None = None,
+    ) -> dict:
         return _run(
             self,
             "decoder",
@@ -57,6 +75,7 @@ def register(app: Celery) -> None:
             spec=spec,
             key=key,
             emb_key=emb_key,
+            inputs=inputs or {},
         )
 
     @app.task(name=keys.FINALIZE_TASK, bind=True, **RETRY)

@@ -27,12 +27,16 @@ class StageModel:
 BY_CLASS = {
     "KandinskyV22PriorPipeline": StageModel("kandinsky-2.2", "prior", "KandinskyV22PriorPipeline"),
     "KandinskyV22Pipeline": StageModel("kandinsky-2.2", "decoder", "KandinskyV22Pipeline"),
+    "KandinskyV22InpaintPipeline": StageModel(
+        "kandinsky-2.2", "inpaint", "KandinskyV22InpaintPipeline"
+    ),
 }
 
 # Hub ids whose class is known without reading their files.
 HUB_IDS = {
     "kandinsky-community/kandinsky-2-2-prior": "KandinskyV22PriorPipeline",
     "kandinsky-community/kandinsky-2-2-decoder": "KandinskyV22Pipeline",
+    "kandinsky-community/kandinsky-2-2-decoder-inpaint": "KandinskyV22InpaintPipeline",
 }
 
 

@@ -146,13 +146,13 @@ def _movq():
     )
 
 
-def _decoder_components() -> dict:
+def _decoder_components(in_channels: int = 4) -> dict:
     import torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        in_channels=4,
+        in_channels=in_channels,  # 4 latents; 9 for inpainting (+ masked latents + mask)
         out_channels=8,  # mean and variance
         addition_embed_type="image",
         down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
@@ -182,10 +182,10 @@ def _decoder_components() -> dict:
 
 
 def build_k22(out: Path) -> dict[str, Path]:
-    """Build and save the tiny Kandinsky 2.2 prior and decoder under ``out``.
+    """Build and save the tiny Kandinsky 2.2 prior, decoder and inpainting decoder under ``out``.
 
     Args:
-        out: Folder to write ``prior/`` and ``decoder/`` into (created if missing).
+        out: Folder to write ``prior/``, ``decoder/`` and ``inpaint/`` into (created if missing).
 
     Returns:
         The two pipeline folders, by stage name.
@@ -193,20 +193,25 @@ def build_k22(out: Path) -> dict[str, Path]:
     from farm.models import quiet
 
     quiet()  # before the pipeline imports, which log about torchvision
-    from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
+    from diffusers import (
+        KandinskyV22InpaintPipeline,
+        KandinskyV22Pipeline,
+        KandinskyV22PriorPipeline,
+    )
 
     out = Path(out)
-    prior_dir, decoder_dir = out / "prior", out / "decoder"
+    prior_dir, decoder_dir, inpaint_dir = out / "prior", out / "decoder", out / "inpaint"
     _write_clip_tokenizer(out / "_tokenizer")
     KandinskyV22PriorPipeline(**_prior_components(out / "_tokenizer")).save_pretrained(prior_dir)
     KandinskyV22Pipeline(**_decoder_components()).save_pretrained(decoder_dir)
+    KandinskyV22InpaintPipeline(**_decoder_components(in_channels=9)).save_pretrained(inpaint_dir)
     for f in sorted((out / "_tokenizer").iterdir()):
         f.unlink()
     (out / "_tokenizer").rmdir()
     marker = {"family": "kandinsky-2.2", "tiny": True, "note": "random weights: images are noise"}
-    for d in (prior_dir, decoder_dir):
+    for d in (prior_dir, decoder_dir, inpaint_dir):
         (d / TINY_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
-    return {"prior": prior_dir, "decoder": decoder_dir}
+    return {"prior": prior_dir, "decoder": decoder_dir, "inpaint": inpaint_dir}
 
 
 def is_tiny(folder: str | Path) -> bool:

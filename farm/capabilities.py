@@ -1,0 +1,61 @@
+"""What each model can do: the capability matrix the farm validates against and the README shows.
+
+Pure data, no IO: submission checks a job against it before anything is enqueued, workers use it
+to pick pipeline classes, and ``farm capabilities`` prints it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TASKS = ("text2img", "img2img", "inpaint", "interpolate")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    two_stage: bool  # a prior job on the prior queue, then a decoder job
+    size_multiple: int
+    tasks: dict[str, tuple[str | None, str]]  # task -> (prior pipeline class, decoder class)
+    weights: dict[str, str]  # part -> default hub id
+
+
+MODELS: dict[str, ModelInfo] = {
+    "kandinsky-2.2": ModelInfo(
+        name="kandinsky-2.2",
+        two_stage=True,
+        size_multiple=64,
+        tasks={
+            "text2img": ("KandinskyV22PriorPipeline", "KandinskyV22Pipeline"),
+            "img2img": ("KandinskyV22PriorPipeline", "KandinskyV22Img2ImgPipeline"),
+            "inpaint": ("KandinskyV22PriorPipeline", "KandinskyV22InpaintPipeline"),
+            "interpolate": ("KandinskyV22PriorPipeline", "KandinskyV22Pipeline"),
+        },
+        weights={
+            "prior": "kandinsky-community/kandinsky-2-2-prior",
+            "decoder": "kandinsky-community/kandinsky-2-2-decoder",
+            "inpaint": "kandinsky-community/kandinsky-2-2-decoder-inpaint",
+        },
+    ),
+}
+DEFAULT_MODEL = "kandinsky-2.2"
+
+
+def check(model: str, task: str) -> ModelInfo:
+    """The model's entry, or ValueError saying what exists / what the model supports."""
+    info = MODELS.get(model)
+    if info is None:
+        raise ValueError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+    if task not in info.tasks:
+        raise ValueError(f"{model} does not support {task!r}; it supports: {', '.join(info.tasks)}")
+    return info
+
+
+def markdown_matrix() -> str:
+    """Model x task -> supported, as the README's table (`farm capabilities`)."""
+    rows = ["| model | " + " | ".join(TASKS) + " |", "|---" * (len(TASKS) + 1) + "|"]
+    for name, info in MODELS.items():
+        rows.append(
+            f"| `{name}` | " + " | ".join("yes" if t in info.tasks else "—" for t in TASKS) + " |"
+        )
+    return "\n".join(rows)

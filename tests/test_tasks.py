@@ -1,0 +1,207 @@
+"""Every task of the guides through the farm, each pixel-identical to the guide's calls in one process."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from farm.errors import InvalidJob
+
+pytestmark = pytest.mark.slow
+
+BASE = {
+    "num_inference_steps": 3,
+    "prior_num_inference_steps": 2,
+    "height": 128,
+    "width": 128,
+    "seed": 77,
+}
+
+
+def _gen(seed):
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+def _png(array: np.ndarray, mode: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def init_png():
+    rng = np.random.default_rng(0)
+    return _png(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8), "RGB")
+
+
+def _mask(rows: slice, cols: slice) -> bytes:
+    m = np.zeros((128, 128), dtype=np.uint8)
+    m[rows, cols] = 255  # white = repaint
+    return _png(m, "L")
+
+
+@pytest.fixture(scope="module")
+def pipes(stack, settings):
+    from diffusers import (
+        KandinskyV22InpaintPipeline,
+        KandinskyV22Pipeline,
+        KandinskyV22PriorPipeline,
+    )
+
+    out = {
+        "prior": KandinskyV22PriorPipeline.from_pretrained(settings.tiny_dir / "prior"),
+        "decoder": KandinskyV22Pipeline.from_pretrained(settings.tiny_dir / "decoder"),
+        "inpaint": KandinskyV22InpaintPipeline.from_pretrained(settings.tiny_dir / "inpaint"),
+    }
+    for p in out.values():
+        p.set_progress_bar_config(disable=True)
+    return out
+
+
+def _farm_pixels(client, spec) -> np.ndarray:
+    handle = client.submit_job(spec)
+    status = handle.wait(timeout=120)
+    (job,) = handle.results()
+    assert status["counts"]["done"] == 1, job["error"]
+    return np.asarray(Image.open(io.BytesIO(httpx.get(job["url"]).content)).convert("RGB"))
+
+
+def _prior(pipes, spec):
+    return pipes["prior"](
+        spec["prompt"],
+        negative_prompt=spec.get("negative_prompt"),
+        num_inference_steps=spec["prior_num_inference_steps"],
+        generator=_gen(spec["seed"]),
+    ).to_tuple()
+
+
+def _same(farm_px, reference: Image.Image):
+    ref = np.asarray(reference.convert("RGB"))
+    assert ref.std() > 0
+    np.testing.assert_array_equal(farm_px, ref)
+
+
+def test_img2img_fidelity(alice, pipes, init_png):
+    from diffusers import KandinskyV22Img2ImgPipeline
+
+    ref_id = alice.upload(init_png)
+    spec = {
+        **BASE,
+        "task": "img2img",
+        "prompt": "a cat, oil painting",
+        "image": ref_id,
+        "strength": 0.6,
+    }
+    farm_px = _farm_pixels(alice, spec)
+    emb, neg = _prior(pipes, spec)
+    img2img = KandinskyV22Img2ImgPipeline.from_pretrained(pipes["decoder"].config._name_or_path)
+    img2img.set_progress_bar_config(disable=True)
+    init = Image.open(io.BytesIO(init_png)).convert("RGB")
+    ref = img2img(
+        image=init, image_embeds=emb, negative_image_embeds=neg, height=128, width=128,
+        strength=0.6, num_inference_steps=3, generator=_gen(77),
+    ).images[0]  # fmt: skip
+    _same(farm_px, ref)
+
+
+def test_inpainting_fidelity_each_job_its_own_mask(alice, pipes, init_png):
+    """Two inpainting jobs, same image and seed, different masks: each gets its own mask (diffusers#13597)."""
+    image_ref = alice.upload(init_png)
+    masks = [_mask(slice(0, 64), slice(0, 128)), _mask(slice(32, 96), slice(32, 96))]
+    outs = []
+    for mask_png in masks:
+        spec = {
+            **BASE,
+            "task": "inpaint",
+            "prompt": "a hat",
+            "image": image_ref,
+            "mask": alice.upload(mask_png),
+        }
+        farm_px = _farm_pixels(alice, spec)
+        emb, neg = _prior(pipes, spec)
+        ref = pipes["inpaint"](
+            image=Image.open(io.BytesIO(init_png)).convert("RGB"),
+            mask_image=Image.open(io.BytesIO(mask_png)).convert("L"),
+            image_embeds=emb, negative_image_embeds=neg, height=128, width=128,
+            num_inference_steps=3, generator=_gen(77),
+        ).images[0]  # fmt: skip
+        _same(farm_px, ref)
+        outs.append(farm_px)
+    assert not np.array_equal(outs[0], outs[1])
+
+
+def test_interpolation_fidelity(alice, pipes, init_png):
+    image_ref = alice.upload(init_png)
+    spec = {
+        **BASE,
+        "task": "interpolate",
+        "interpolate": [{"text": "a cat", "weight": 0.3}, {"image": image_ref, "weight": 0.7}],
+    }
+    farm_px = _farm_pixels(alice, spec)
+    out = pipes["prior"].interpolate(
+        ["a cat", Image.open(io.BytesIO(init_png)).convert("RGB")], [0.3, 0.7],
+        num_inference_steps=2, generator=_gen(77),
+    )  # fmt: skip
+    ref = pipes["decoder"](
+        image_embeds=out.image_embeds, negative_image_embeds=out.negative_image_embeds,
+        height=128, width=128, num_inference_steps=3, generator=_gen(77),
+    ).images[0]  # fmt: skip
+    _same(farm_px, ref)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "ddpm"])
+def test_scheduler_swap_fidelity(alice, pipes, scheduler):
+    import diffusers
+
+    spec = {**BASE, "prompt": "a lighthouse", "scheduler": scheduler}
+    farm_px = _farm_pixels(alice, spec)
+    emb, neg = _prior(pipes, spec)
+    cls = getattr(diffusers, {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler"}[scheduler])
+    decoder = diffusers.KandinskyV22Pipeline(
+        **{
+            **pipes["decoder"].components,
+            "scheduler": cls.from_config(pipes["decoder"].scheduler.config),
+        }
+    )
+    ref = decoder(
+        image_embeds=emb, negative_image_embeds=neg, height=128, width=128,
+        num_inference_steps=3, generator=_gen(77),
+    ).images[0]  # fmt: skip
+    _same(farm_px, ref)
+
+
+def test_bad_inputs_are_refused_naming_the_field(alice, init_png):
+    with pytest.raises(InvalidJob, match="not a readable PNG"):
+        alice.upload(b"GIF89a not really")
+    with pytest.raises(InvalidJob, match="pickle|not a readable"):
+        alice.upload(b"\x80\x04\x95" + b"\x00" * 64)  # a pickle stream is not an image
+    bomb = io.BytesIO()
+    Image.new("L", (5000, 5000)).save(bomb, format="PNG")  # 25 MP of zeros: tiny file, huge image
+    with pytest.raises(InvalidJob, match="pixels"):
+        alice.upload(bomb.getvalue())
+    with pytest.raises(InvalidJob) as exc:
+        alice.submit_job({**BASE, "task": "img2img", "prompt": "x", "image": "in:" + "0" * 64})
+    assert exc.value.field == "image" and "unknown input" in str(exc.value)
+    image_ref = alice.upload(init_png)
+    small_mask = alice.upload(_png(np.zeros((64, 64), dtype=np.uint8), "L"))
+    with pytest.raises(InvalidJob) as exc:
+        alice.submit_job(
+            {**BASE, "task": "inpaint", "prompt": "x", "image": image_ref, "mask": small_mask}
+        )
+    assert exc.value.field == "mask" and "64x64 does not match the image's 128x128" in str(
+        exc.value
+    )
+    with pytest.raises(InvalidJob) as exc:
+        alice.submit_job({**BASE, "prompt": "x", "model": "kandinsky-9"})
+    assert exc.value.field == "model" and "known: kandinsky-2.2" in str(exc.value)
+
+
+def test_inputs_are_per_tenant(alice, bob, init_png):
+    ref = alice.upload(init_png)
+    with pytest.raises(InvalidJob, match="unknown input"):
+        bob.submit_job({**BASE, "task": "img2img", "prompt": "x", "image": ref})

@@ -6,7 +6,7 @@ to pick pipeline classes, and ``farm capabilities`` prints it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 TASKS = ("text2img", "img2img", "inpaint", "interpolate")
 
@@ -18,6 +18,7 @@ class ModelInfo:
     size_multiple: int
     tasks: dict[str, tuple[str | None, str]]  # task -> (prior pipeline class, decoder class)
     weights: dict[str, str]  # part -> default hub id
+    defaults: dict[str, object] = field(default_factory=dict)  # the pipeline's own defaults
 
 
 MODELS: dict[str, ModelInfo] = {
@@ -36,6 +37,17 @@ MODELS: dict[str, ModelInfo] = {
             "decoder": "kandinsky-community/kandinsky-2-2-decoder",
             "inpaint": "kandinsky-community/kandinsky-2-2-decoder-inpaint",
         },
+    ),
+    "kandinsky-3": ModelInfo(
+        name="kandinsky-3",
+        two_stage=False,  # no prior: the job goes straight to the decoder queue
+        size_multiple=64,
+        tasks={
+            "text2img": (None, "Kandinsky3Pipeline"),
+            "img2img": (None, "Kandinsky3Img2ImgPipeline"),
+        },
+        weights={"kandinsky3": "kandinsky-community/kandinsky-3"},
+        defaults={"guidance_scale": 3.0, "num_inference_steps": 25, "height": 1024, "width": 1024},
     ),
 }
 DEFAULT_MODEL = "kandinsky-2.2"

@@ -81,6 +81,17 @@ class JobSpec(BaseModel):
     interpolate: list[InterpolationItem] | None = Field(None, min_length=2, max_length=16)
     scheduler: Literal["default", "ddim", "ddpm"] = "default"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _model_defaults(cls, data):
+        # Fields left out take the chosen model's own pipeline defaults (Kandinsky 3: 1024 px,
+        # 25 steps, guidance 3), not Kandinsky 2.2's.
+        if isinstance(data, dict):
+            info = capabilities.MODELS.get(data.get("model", capabilities.DEFAULT_MODEL))
+            if info is not None:
+                data = {**info.defaults, **data}
+        return data
+
     @model_validator(mode="after")
     def _task_inputs(self) -> JobSpec:
         # Each error names the field it is about: raised as (field, message) pairs.

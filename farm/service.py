@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from farm import keys
+from farm import capabilities, keys
 from farm.campaigns import CampaignSpec
 from farm.errors import Conflict, InvalidJob, JobFailed, NotFound, ServiceUnavailable
 from farm.jobs import JobRecord, JobSpec, JobState, new_id
@@ -212,9 +212,15 @@ class Farm:
                     queue.bind(producer.channel).declare()
                 with producer.batch(max_size=1000):
                     for job_id, spec in pairs:
+                        # Two-stage models start on the prior queue; single-stage ones (Kandinsky
+                        # 3) go straight to the decoder queue.
+                        two_stage = capabilities.MODELS[spec.model].two_stage
+                        kwargs = self._message(job_id, campaign_id, tenant, spec)
+                        if not two_stage:
+                            kwargs["emb_key"] = None
                         self.app.send_task(
-                            keys.PRIOR_TASK,
-                            kwargs=self._message(job_id, campaign_id, tenant, spec),
+                            keys.PRIOR_TASK if two_stage else keys.DECODER_TASK,
+                            kwargs=kwargs,
                             producer=producer,
                             declare=[],  # declared above, once; per message it is a round trip
                             # The job records are the results; a result subscription per

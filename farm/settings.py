@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     inpaint_model: str = Field(
         TINY, description="Inpainting decoder: hub id (from the HF cache), local folder, or 'tiny'."
     )
+    kandinsky3_model: str = Field(
+        TINY,
+        description="Kandinsky 3 (single stage): hub id (from the HF cache), local folder, or 'tiny'.",
+    )
     device: str = Field("cpu", description="Torch device for the pipelines: cpu, cuda, cuda:1 ...")
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="Torch dtype the pipelines are loaded in."
@@ -170,6 +174,7 @@ class Settings(BaseSettings):
             "prior": self.prior_model,
             "decoder": self.decoder_model,
             "inpaint": self.inpaint_model,
+            "kandinsky3": self.kandinsky3_model,
         }[stage]
         if value == TINY:
             return str(self.tiny_dir / stage)
@@ -181,7 +186,12 @@ class Settings(BaseSettings):
 
     @property
     def uses_tiny(self) -> bool:
-        return TINY in (self.prior_model, self.decoder_model, self.inpaint_model)
+        return TINY in (
+            self.prior_model,
+            self.decoder_model,
+            self.inpaint_model,
+            self.kandinsky3_model,
+        )
 
     def worker_env(self) -> dict[str, str]:
         """Environment that hands these exact settings to a child process (a worker, Flower)."""

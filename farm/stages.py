@@ -82,6 +82,24 @@ def run_decoder(
     return out.images[0]
 
 
+def run_single(pipe, spec: JobSpec, images: dict[str, Image.Image] | None = None) -> Image.Image:
+    """A single-stage model (Kandinsky 3): prompt (+ input image) -> picture."""
+    kwargs = {}
+    if spec.task == "img2img":
+        kwargs = {"image": images[spec.image], "strength": spec.strength}
+    out = with_scheduler(pipe, spec.scheduler)(
+        prompt=spec.prompt,
+        negative_prompt=spec.negative_prompt,
+        height=spec.height,
+        width=spec.width,
+        guidance_scale=spec.guidance_scale,
+        num_inference_steps=spec.num_inference_steps,
+        generator=generator(spec.seed),
+        **kwargs,
+    )
+    return out.images[0]
+
+
 def png_bytes(image: Image.Image, parameters: dict | None = None) -> bytes:
     """Encode as PNG, with the job's parameters in a text chunk so a file explains itself."""
     info = PngImagePlugin.PngInfo()

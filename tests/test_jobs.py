@@ -196,3 +196,11 @@ def test_interpolation_needs_no_prompt():
         }
     )
     assert spec.input_refs() == ["in:" + "b" * 64]
+
+
+def test_model_defaults_are_the_models_own():
+    k3 = JobSpec.parse({"model": "kandinsky-3", "prompt": "x"})
+    assert (k3.height, k3.num_inference_steps, k3.guidance_scale) == (1024, 25, 3.0)
+    k3_explicit = JobSpec.parse({"model": "kandinsky-3", "prompt": "x", "guidance_scale": 7})
+    assert k3_explicit.guidance_scale == 7
+    assert JobSpec.parse({"prompt": "x"}).num_inference_steps == 100

@@ -134,3 +134,16 @@ def test_cli_campaign_commands(stack, api_url, tokens, tmp_path):
         "results", "f" * 32, env=_clean_env(FARM_API_URL=api_url, FARM_API_TOKEN=tokens["bob"])
     )
     assert nope.returncode == 2 and "unknown campaign" in nope.stderr
+
+
+def test_worker_with_missing_model_refuses_to_start(settings, tmp_path):
+    """A worker that cannot load its pipelines never takes a job: `up` fails, naming the model."""
+    from farm.errors import StackError
+    from farm.stack import Stack
+
+    broken = settings.model_copy(
+        update={"state_dir": tmp_path, "prior_model": str(tmp_path / "no-such-model")}
+    )
+    with pytest.raises(StackError, match="cannot serve the prior queue.*no-such-model"):
+        Stack(broken).up(timeout=60)
+    assert not (tmp_path / "stack.json").exists()

@@ -205,3 +205,68 @@ def test_inputs_are_per_tenant(alice, bob, init_png):
     ref = alice.upload(init_png)
     with pytest.raises(InvalidJob, match="unknown input"):
         bob.submit_job({**BASE, "task": "img2img", "prompt": "x", "image": ref})
+
+
+@pytest.fixture(scope="module")
+def k3(stack, settings):
+    from diffusers import Kandinsky3Img2ImgPipeline, Kandinsky3Pipeline
+
+    t2i = Kandinsky3Pipeline.from_pretrained(settings.tiny_dir / "kandinsky3")
+    i2i = Kandinsky3Img2ImgPipeline.from_pretrained(settings.tiny_dir / "kandinsky3")
+    for p in (t2i, i2i):
+        p.set_progress_bar_config(disable=True)
+    return t2i, i2i
+
+
+def test_kandinsky3_text2img_single_stage_fidelity(alice, k3, farm):
+    spec = {
+        **BASE,
+        "model": "kandinsky-3",
+        "prompt": "a lighthouse at dusk",
+        "negative_prompt": "blurry",
+    }
+    handle = alice.submit_job(spec)
+    handle.wait(timeout=120)
+    (job,) = handle.results()
+    assert job["state"] == "done", job["error"]
+    # No prior stage ran: a single-stage job never has a prior timing.
+    assert "prior" not in job["timings"] and "decode" in job["timings"]
+    farm_px = np.asarray(Image.open(io.BytesIO(httpx.get(job["url"]).content)).convert("RGB"))
+    ref = k3[0](
+        "a lighthouse at dusk", negative_prompt="blurry", height=128, width=128,
+        num_inference_steps=3, guidance_scale=3.0, generator=_gen(77),
+    ).images[0]  # fmt: skip
+    _same(farm_px, ref)
+
+
+def test_kandinsky3_img2img_fidelity(alice, k3, init_png):
+    spec = {
+        **BASE,
+        "model": "kandinsky-3",
+        "task": "img2img",
+        "prompt": "a cat",
+        "image": alice.upload(init_png),
+        "strength": 0.75,
+    }
+    farm_px = _farm_pixels(alice, spec)
+    ref = k3[1](
+        "a cat", image=Image.open(io.BytesIO(init_png)).convert("RGB"), strength=0.75, height=128, width=128,
+        num_inference_steps=3, guidance_scale=3.0, generator=_gen(77),
+    ).images[0]  # fmt: skip
+    _same(farm_px, ref)
+
+
+def test_unsupported_task_lists_what_the_model_does(alice):
+    with pytest.raises(InvalidJob) as exc:
+        alice.submit_job(
+            {
+                **BASE,
+                "model": "kandinsky-3",
+                "task": "interpolate",
+                "interpolate": [{"text": "a", "weight": 1}, {"text": "b", "weight": 1}],
+            }
+        )
+    assert exc.value.field == "model"
+    assert "kandinsky-3 does not support 'interpolate'; it supports: text2img, img2img" in str(
+        exc.value
+    )

@@ -47,10 +47,18 @@ class WorkerContext:
             self.pipelines["objects"] = ObjectStore.from_settings(self.settings)
         return self.pipelines["objects"]
 
-    def pipeline(self, stage: str, task: str = "text2img"):
-        """The loaded pipeline for a stage and task (img2img shares the decoder's weights)."""
+    def pipeline(self, stage: str, task: str = "text2img", model: str = "kandinsky-2.2"):
+        """The loaded pipeline for a stage and task (img2img shares the text2img weights)."""
         from farm.errors import ModelError
 
+        if model == "kandinsky-3":
+            if "kandinsky3" not in self.pipelines:
+                raise ModelError("Kandinsky 3 is not loaded on this worker (FARM_KANDINSKY3_MODEL)")
+            if task == "img2img":
+                return self._derived(
+                    "kandinsky3:img2img", "Kandinsky3Img2ImgPipeline", "kandinsky3"
+                )
+            return self.pipelines["kandinsky3"]
         if stage == "decoder" and task == "inpaint":
             if "inpaint" not in self.pipelines:
                 raise ModelError(
@@ -58,14 +66,18 @@ class WorkerContext:
                 )
             return self.pipelines["inpaint"]
         if stage == "decoder" and task == "img2img":
-            if "decoder:img2img" not in self.pipelines:
-                from diffusers import KandinskyV22Img2ImgPipeline
-
-                img2img = KandinskyV22Img2ImgPipeline(**self.pipelines["decoder"].components)
-                img2img.set_progress_bar_config(disable=True)
-                self.pipelines["decoder:img2img"] = img2img
-            return self.pipelines["decoder:img2img"]
+            return self._derived("decoder:img2img", "KandinskyV22Img2ImgPipeline", "decoder")
         return self.pipelines[stage]
+
+    def _derived(self, name: str, class_name: str, base: str):
+        """A pipeline of another class over already loaded components (no new weights)."""
+        if name not in self.pipelines:
+            import diffusers
+
+            pipe = getattr(diffusers, class_name)(**self.pipelines[base].components)
+            pipe.set_progress_bar_config(disable=True)
+            self.pipelines[name] = pipe
+        return self.pipelines[name]
 
     def load(self) -> None:
         from farm.errors import ModelError
@@ -73,11 +85,12 @@ class WorkerContext:
         for stage in self.stages:
             self._load(stage, stage)
             if stage == "decoder":
-                try:
-                    self._load("inpaint", "inpaint")
-                except ModelError as e:
-                    # The decoder still serves text2img / img2img; inpainting jobs fail clearly.
-                    log.warning("inpainting unavailable on this worker: %s", e)
+                for extra in ("inpaint", "kandinsky3"):
+                    try:
+                        self._load(extra, extra)
+                    except ModelError as e:
+                        # The decoder still serves the rest; these jobs fail with a clear error.
+                        log.warning("%s unavailable on this worker: %s", extra, e)
 
     def _load(self, name: str, stage: str) -> None:
         from farm.models.registry import load_pipeline

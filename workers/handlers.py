@@ -11,11 +11,11 @@ import json
 import logging
 import time
 
-from farm import keys
+from farm import capabilities, keys
 from farm.errors import PoisonJob
 from farm.jobs import JobSpec, JobState
 from farm.records import ACTIVE
-from farm.stages import png_bytes, run_decoder, run_prior
+from farm.stages import png_bytes, run_decoder, run_prior, run_single
 from workers.context import WorkerContext
 
 log = logging.getLogger("farm.worker")
@@ -124,15 +124,20 @@ def decoder(
     campaign_id: str,
     spec: dict,
     key: str,
-    emb_key: str,
+    emb_key: str | None,
     retries: int,
     inputs: dict | None = None,
 ) -> dict:
-    allowed = (JobState.PRIOR, JobState.DECODING)
+    job = JobSpec.model_validate(spec)
+    two_stage = capabilities.MODELS[job.model].two_stage
+    # A single-stage job (Kandinsky 3) arrives here straight from the queue.
+    allowed = (
+        (JobState.PRIOR, JobState.DECODING) if two_stage else (JobState.QUEUED, JobState.DECODING)
+    )
     if not _start(ctx, job_id, campaign_id, "decoder", JobState.DECODING, allowed, retries):
         return {"job_id": job_id, "skipped": True}
-    emb = ctx.embeddings.get(job_id)
-    if emb is None:
+    emb = ctx.embeddings.get(job_id) if two_stage else None
+    if two_stage and emb is None:
         # Expired or lost (Redis restart): recompute them. Never borrow another job's.
         log.warning("job %s: embeddings %s gone, sending it back to the prior", job_id, emb_key)
         ctx.records.move(job_id, campaign_id, JobState.QUEUED, (JobState.DECODING,))
@@ -147,10 +152,10 @@ def decoder(
             },
         )
         return {"job_id": job_id, "requeued": "prior"}
-    job = JobSpec.model_validate(spec)
     images = _images(ctx, job, inputs or {}, "decoder")
+    pipe = ctx.pipeline("decoder", job.task, job.model)
     t0 = time.perf_counter()
-    image = run_decoder(ctx.pipeline("decoder", job.task), job, emb, images)
+    image = run_decoder(pipe, job, emb, images) if two_stage else run_single(pipe, job, images)
     t1 = time.perf_counter()
     data = png_bytes(image, {"job_id": job_id, "campaign_id": campaign_id, **spec})
     ctx.objects.put(key, data, "image/png", metadata={"job-id": job_id, "seed": str(job.seed)})

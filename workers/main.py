@@ -28,13 +28,32 @@ def _on_worker_init(sender, **_):
     global _stages
     queues = sender.app.amqp.queues.consume_from or {}
     _stages = tuple(STAGE_BY_QUEUE[q] for q in queues if q in STAGE_BY_QUEUE)
+    # Check every configured model before consuming anything: a worker that cannot load its
+    # pipelines must not take jobs off the queue. (Celery logs and swallows exceptions from
+    # signal handlers; SystemExit is what stops the worker.)
+    from farm.errors import ModelError
+    from farm.models.registry import resolve
+
+    for stage in _stages:
+        try:
+            resolve(settings.model_folder(stage), stage)
+        except ModelError as e:
+            raise SystemExit(f"farm worker: cannot serve the {stage} queue: {e}") from None
     pool = str(getattr(sender.pool_cls, "__module__", sender.pool_cls))
     if "prefork" not in pool:
         # solo / threads run tasks in this process: load here, before consuming.
-        context.init(settings, app, _stages)
+        _init_or_exit()
 
 
 @signals.worker_process_init.connect
 def _on_child_init(**_):
     logging.getLogger("farm.worker").setLevel(logging.INFO)
-    context.init(settings, app, _stages)
+    _init_or_exit()
+
+
+def _init_or_exit() -> None:
+    try:
+        context.init(settings, app, _stages)
+    except Exception:
+        logging.getLogger("farm.worker").exception("farm worker: loading the pipelines failed")
+        raise SystemExit(70) from None

@@ -64,7 +64,7 @@ def register(app: Celery) -> None:
         campaign_id: str,
         spec: dict,
         key: str,
-        emb_key: str,
+        emb_key: str | None,
         inputs: dict | None = None,
     ) -> dict:
         return _run(

@@ -27,6 +27,7 @@ class StageModel:
 BY_CLASS = {
     "KandinskyV22PriorPipeline": StageModel("kandinsky-2.2", "prior", "KandinskyV22PriorPipeline"),
     "KandinskyV22Pipeline": StageModel("kandinsky-2.2", "decoder", "KandinskyV22Pipeline"),
+    "Kandinsky3Pipeline": StageModel("kandinsky-3", "kandinsky3", "Kandinsky3Pipeline"),
     "KandinskyV22InpaintPipeline": StageModel(
         "kandinsky-2.2", "inpaint", "KandinskyV22InpaintPipeline"
     ),
@@ -37,6 +38,7 @@ HUB_IDS = {
     "kandinsky-community/kandinsky-2-2-prior": "KandinskyV22PriorPipeline",
     "kandinsky-community/kandinsky-2-2-decoder": "KandinskyV22Pipeline",
     "kandinsky-community/kandinsky-2-2-decoder-inpaint": "KandinskyV22InpaintPipeline",
+    "kandinsky-community/kandinsky-3": "Kandinsky3Pipeline",
 }
 
 

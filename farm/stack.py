@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import sys
 import time
 from pathlib import Path
@@ -176,11 +177,14 @@ class Stack:
         logs = self.dir / "logs"
         celery = [sys.executable, "-m", "celery", "-A", "workers.main"]
         pool = self._pool()
+        nodes = state.setdefault("nodes", {})
         for queue in (keys.PRIOR_QUEUE, keys.DECODER_QUEUE):
+            # A name of its own, so readiness waits for *these* workers, not any on the broker.
+            nodes[queue] = f"{queue}@{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
             argv = [
                 *celery, "worker",
                 "-Q", queue,
-                "-n", f"{queue}@%h-{os.getpid()}-{secrets.token_hex(3)}",
+                "-n", nodes[queue],
                 "-c", "1",
                 f"--pool={pool}",
                 "-E", "--without-gossip", "--without-mingle",
@@ -233,8 +237,8 @@ class Stack:
                     log = self.dir / "logs" / f"{p.name.removeprefix('worker-')}.log"
                     tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
                     raise StackError(f"{p.name} exited while starting:\n{tail}")
-            counts = workers_per_queue(settings, timeout=1.0)
-            if all(counts.get(q, 0) for q in (keys.PRIOR_QUEUE, keys.DECODER_QUEUE)):
+            nodes = (self.read_state() or {}).get("nodes", {})
+            if set(nodes.values()) <= set(worker_queues(settings, timeout=1.0)):
                 return
             time.sleep(0.3)
         raise StackError(f"workers did not come up within {timeout}s; see {self.dir / 'logs'}")
@@ -289,8 +293,8 @@ class Stack:
         }
 
 
-def workers_per_queue(settings: Settings, timeout: float = 1.0) -> dict[str, int]:
-    """How many live workers consume each queue (a Celery broadcast; empty if none answer)."""
+def worker_queues(settings: Settings, timeout: float = 1.0) -> dict[str, list[str]]:
+    """Live workers (node name -> queues it consumes); empty if none answer or no broker."""
     from workers.app import create_app
 
     app = create_app(settings)
@@ -300,10 +304,15 @@ def workers_per_queue(settings: Settings, timeout: float = 1.0) -> dict[str, int
         return {}
     finally:
         app.close()
+    return {node: [q["name"] for q in queues] for node, queues in replies.items()}
+
+
+def workers_per_queue(settings: Settings, timeout: float = 1.0) -> dict[str, int]:
+    """How many live workers consume each queue (a Celery broadcast; empty if none answer)."""
     counts: dict[str, int] = {}
-    for queues in replies.values():
+    for queues in worker_queues(settings, timeout).values():
         for q in queues:
-            counts[q["name"]] = counts.get(q["name"], 0) + 1
+            counts[q] = counts.get(q, 0) + 1
     return counts
 
 

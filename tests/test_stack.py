@@ -144,6 +144,10 @@ def test_worker_with_missing_model_refuses_to_start(settings, tmp_path):
     broken = settings.model_copy(
         update={"state_dir": tmp_path, "prior_model": str(tmp_path / "no-such-model")}
     )
-    with pytest.raises(StackError, match="cannot serve the prior queue.*no-such-model"):
-        Stack(broken).up(timeout=60)
+    stack = Stack(broken)
+    try:
+        with pytest.raises(StackError, match="cannot serve the prior queue.*no-such-model"):
+            stack.up(timeout=60)
+    finally:
+        stack.down()
     assert not (tmp_path / "stack.json").exists()

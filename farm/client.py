@@ -219,11 +219,14 @@ class CampaignHandle:
         files = []
         with httpx.Client(timeout=60) as http:
             for i, job in enumerate(self.results(state="done")):
-                path = folder / f"{i:05d}-seed{job['seed']}-{job['job_id'][:8]}.png"
-                resp = http.get(job["url"])
-                resp.raise_for_status()
-                path.write_bytes(resp.content)
-                files.append(path)
+                urls = job.get("urls") or [job["url"]]
+                for n, url in enumerate(urls):
+                    suffix = f"-{n}" if len(urls) > 1 else ""
+                    path = folder / f"{i:05d}-seed{job['seed']}-{job['job_id'][:8]}{suffix}.png"
+                    resp = http.get(url)
+                    resp.raise_for_status()
+                    path.write_bytes(resp.content)
+                    files.append(path)
         return files
 
     def cancel(self) -> dict:

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from farm import capabilities
+from farm import capabilities, keys
 from farm.errors import InvalidJob
 
 SIZE_MULTIPLE = 64  # Kandinsky's MoVQ downsamples by 8 and the pipelines round to 8 * 8
@@ -80,6 +80,7 @@ class JobSpec(BaseModel):
     strength: float = Field(0.3, gt=0, le=1, description="img2img: how much to change")
     interpolate: list[InterpolationItem] | None = Field(None, min_length=2, max_length=16)
     scheduler: Literal["default", "ddim", "ddpm"] = "default"
+    num_images_per_prompt: int = Field(1, ge=1, le=8, description="images from one job, one batch")
 
     @model_validator(mode="before")
     @classmethod
@@ -110,6 +111,12 @@ class JobSpec(BaseModel):
         for name in ("image", "mask", "interpolate"):
             if getattr(self, name) is not None and name not in needs.get(self.task, ()):
                 raise ValueError(f"{name}|not used by task {self.task}")
+        if self.task == "img2img" and int(self.num_inference_steps * self.strength) < 1:
+            # The pipelines run int(steps * strength) steps: zero would crash mid-job.
+            raise ValueError(
+                f"strength|{self.strength} x num_inference_steps {self.num_inference_steps} "
+                "leaves no denoising step; raise either"
+            )
         if self.task != "interpolate" and not self.prompt.strip():
             raise ValueError("prompt|must not be blank" if self.prompt else "prompt|required")
         return self
@@ -193,3 +200,8 @@ class JobRecord:
     @property
     def seed(self) -> int | None:
         return self.spec.seed
+
+    @property
+    def s3_keys(self) -> list[str]:
+        """Every image of the job (several with num_images_per_prompt)."""
+        return keys.image_keys(self.s3_key, self.spec.num_images_per_prompt) if self.s3_key else []

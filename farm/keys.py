@@ -61,6 +61,14 @@ def image_object(prefix: str, tenant: str, campaign_id: str, job_id: str) -> str
     return f"{campaign_prefix(prefix, tenant, campaign_id)}/{job_id}.png"
 
 
+def image_keys(image_key: str, count: int) -> list[str]:
+    """Every image of a job: its key alone, or ``<job>-<i>.png`` for several images per prompt."""
+    if count == 1:
+        return [image_key]
+    base = image_key.removesuffix(".png")
+    return [f"{base}-{i}.png" for i in range(count)]
+
+
 def record_object(image_key: str) -> str:
     """S3 key of a job's result record (JSON), beside its image."""
     return image_key.removesuffix(".png") + ".json"

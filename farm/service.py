@@ -325,9 +325,9 @@ class Farm:
             "spec": rec.spec.to_dict(),
             "seed": rec.seed,
             "s3_key": rec.s3_key,
-            "url": self.objects.presigned_url(rec.s3_key, presign_s)
-            if done and rec.s3_key
-            else None,
+            "s3_keys": rec.s3_keys,
+            "url": self.objects.presigned_url(rec.s3_key, presign_s) if done else None,
+            "urls": [self.objects.presigned_url(k, presign_s) for k in rec.s3_keys] if done else [],
             "timings": rec.timings,
             "error": rec.error,
         }
@@ -376,8 +376,12 @@ class Farm:
         jobs = [
             (j["job_id"], JobSpec.model_validate(j["spec"]), j["key"]) for j in manifest["jobs"]
         ]
-        done_ids = [j for j, _, key in jobs if key in present]
-        missing = [j for j, _, key in jobs if key not in present]
+
+        def complete(spec: JobSpec, key: str) -> bool:
+            return all(k in present for k in keys.image_keys(key, spec.num_images_per_prompt))
+
+        done_ids = [j for j, s, key in jobs if complete(s, key)]
+        missing = [j for j, s, key in jobs if not complete(s, key)]
         if self.records.campaign(campaign_id) is None:
             # Redis lost everything: rebuild the records from the manifest, in its order.
             self.records.create_campaign(
@@ -436,6 +440,7 @@ def finalize(records: RecordStore, objects: ObjectStore, prefix: str, campaign_i
                 "spec": r.spec.to_dict(),
                 "seed": r.seed,
                 "s3_key": r.s3_key if r.state == JobState.DONE else None,
+                "s3_keys": r.s3_keys if r.state == JobState.DONE else [],
                 "timings": r.timings,
                 "error": r.error,
             },
@@ -445,11 +450,11 @@ def finalize(records: RecordStore, objects: ObjectStore, prefix: str, campaign_i
     ]
     results_key = keys.results_object(prefix, tenant, campaign_id)
     objects.put(results_key, ("\n".join(lines) + "\n").encode(), "application/x-ndjson")
-    done = [r for r in recs if r.state == JobState.DONE][:SHEET_MAX]
+    done = [k for r in recs if r.state == JobState.DONE for k in r.s3_keys][:SHEET_MAX]
     sheet_key = None
     if done:
         sheet_key = keys.contact_sheet_object(prefix, tenant, campaign_id)
-        objects.put(sheet_key, contact_sheet([objects.get(r.s3_key) for r in done]), "image/png")
+        objects.put(sheet_key, contact_sheet([objects.get(k) for k in done]), "image/png")
     return {"results": results_key, "contact_sheet": sheet_key}
 
 

@@ -45,6 +45,7 @@ def run_prior(pipe, spec: JobSpec, images: dict[str, Image.Image] | None = None)
             generator=generator(spec.seed),
             negative_prior_prompt=spec.negative_prompt,
             guidance_scale=spec.prior_guidance_scale,
+            num_images_per_prompt=spec.num_images_per_prompt,
         )
     else:
         out = pipe(
@@ -53,22 +54,33 @@ def run_prior(pipe, spec: JobSpec, images: dict[str, Image.Image] | None = None)
             guidance_scale=spec.prior_guidance_scale,
             num_inference_steps=spec.prior_num_inference_steps,
             generator=generator(spec.seed),
+            num_images_per_prompt=spec.num_images_per_prompt,
         )
     return Embeddings(out.image_embeds, out.negative_image_embeds)
 
 
 def run_decoder(
     pipe, spec: JobSpec, emb: Embeddings, images: dict[str, Image.Image] | None = None
-) -> Image.Image:
-    """Image embeddings (+ input image / mask) -> picture (UNet + MoVQ)."""
+) -> list[Image.Image]:
+    """Image embeddings (+ input image / mask) -> pictures (UNet + MoVQ), one per embedding row.
+
+    The prior already made one embedding per requested image, so the decoder is called with
+    num_images_per_prompt=1 on the whole batch: diffusers expands image_embeds for
+    num_images_per_prompt only when guidance is on (diffusers#13596), and a batch of rows never
+    depends on that.
+    """
     device, dtype = pipe.device, pipe.dtype
     kwargs = {}
+    n = emb.image_embeds.shape[0]
+    # One input (and mask) per embedding row, explicitly: the pipelines' own expansion of a single
+    # image/mask over a batch is where diffusers#13597 lives.
     if spec.task in ("img2img", "inpaint"):
-        kwargs["image"] = images[spec.image]
+        kwargs["image"] = images[spec.image] if n == 1 else [images[spec.image]] * n
     if spec.task == "img2img":
         kwargs["strength"] = spec.strength
     if spec.task == "inpaint":
-        kwargs["mask_image"] = images[spec.mask]  # white = repaint, as in the guides
+        # White = repaint, as in the guides.
+        kwargs["mask_image"] = images[spec.mask] if n == 1 else [images[spec.mask]] * n
     out = with_scheduler(pipe, spec.scheduler)(
         image_embeds=emb.image_embeds.to(device, dtype),
         negative_image_embeds=emb.negative_image_embeds.to(device, dtype),
@@ -79,10 +91,12 @@ def run_decoder(
         generator=generator(spec.seed),
         **kwargs,
     )
-    return out.images[0]
+    return out.images
 
 
-def run_single(pipe, spec: JobSpec, images: dict[str, Image.Image] | None = None) -> Image.Image:
+def run_single(
+    pipe, spec: JobSpec, images: dict[str, Image.Image] | None = None
+) -> list[Image.Image]:
     """A single-stage model (Kandinsky 3): prompt (+ input image) -> picture."""
     kwargs = {}
     if spec.task == "img2img":
@@ -95,9 +109,10 @@ def run_single(pipe, spec: JobSpec, images: dict[str, Image.Image] | None = None
         guidance_scale=spec.guidance_scale,
         num_inference_steps=spec.num_inference_steps,
         generator=generator(spec.seed),
+        num_images_per_prompt=spec.num_images_per_prompt,
         **kwargs,
     )
-    return out.images[0]
+    return out.images
 
 
 def png_bytes(image: Image.Image, parameters: dict | None = None) -> bytes:

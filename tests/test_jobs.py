@@ -204,3 +204,17 @@ def test_model_defaults_are_the_models_own():
     k3_explicit = JobSpec.parse({"model": "kandinsky-3", "prompt": "x", "guidance_scale": 7})
     assert k3_explicit.guidance_scale == 7
     assert JobSpec.parse({"prompt": "x"}).num_inference_steps == 100
+
+
+def test_img2img_needs_at_least_one_denoising_step():
+    with pytest.raises(InvalidJob) as exc:
+        JobSpec.parse(
+            {
+                "prompt": "x",
+                "task": "img2img",
+                "image": "in:" + "a" * 64,
+                "num_inference_steps": 2,
+                "strength": 0.3,
+            }
+        )
+    assert exc.value.field == "strength" and "no denoising step" in str(exc.value)

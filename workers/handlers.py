@@ -155,10 +155,15 @@ def decoder(
     images = _images(ctx, job, inputs or {}, "decoder")
     pipe = ctx.pipeline("decoder", job.task, job.model)
     t0 = time.perf_counter()
-    image = run_decoder(pipe, job, emb, images) if two_stage else run_single(pipe, job, images)
+    pictures = run_decoder(pipe, job, emb, images) if two_stage else run_single(pipe, job, images)
     t1 = time.perf_counter()
-    data = png_bytes(image, {"job_id": job_id, "campaign_id": campaign_id, **spec})
-    ctx.objects.put(key, data, "image/png", metadata={"job-id": job_id, "seed": str(job.seed)})
+    targets = keys.image_keys(key, job.num_images_per_prompt)
+    for index, (target, picture) in enumerate(zip(targets, pictures, strict=True)):
+        meta = {"job_id": job_id, "campaign_id": campaign_id, "index": index, **spec}
+        data = png_bytes(picture, meta)
+        ctx.objects.put(
+            target, data, "image/png", metadata={"job-id": job_id, "seed": str(job.seed)}
+        )
     t2 = time.perf_counter()
     ctx.records.add_timing(job_id, "decode", t1 - t0)
     ctx.records.add_timing(job_id, "upload", t2 - t1)
@@ -168,8 +173,9 @@ def decoder(
         "spec": spec,
         "seed": job.seed,
         "s3_key": key,
-        "width": image.width,
-        "height": image.height,
+        "s3_keys": targets,
+        "width": pictures[0].width,
+        "height": pictures[0].height,
         "timings": ctx.records.get(job_id).timings,
     }
     ctx.objects.put(

@@ -18,7 +18,8 @@ class ModelInfo:
     size_multiple: int
     tasks: dict[str, tuple[str | None, str]]  # task -> (prior pipeline class, decoder class)
     weights: dict[str, str]  # part -> default hub id
-    defaults: dict[str, object] = field(default_factory=dict)  # the pipeline's own defaults
+    # The pipelines' own call defaults where they differ from JobSpec's, by task ("*": every task).
+    defaults: dict[str, dict[str, object]] = field(default_factory=dict)
 
 
 MODELS: dict[str, ModelInfo] = {
@@ -38,6 +39,23 @@ MODELS: dict[str, ModelInfo] = {
             "inpaint": "kandinsky-community/kandinsky-2-2-decoder-inpaint",
         },
     ),
+    "kandinsky-2.1": ModelInfo(
+        name="kandinsky-2.1",
+        two_stage=True,  # its decoder also reads the prompt (its own multilingual text encoder)
+        size_multiple=64,
+        tasks={
+            "text2img": ("KandinskyPriorPipeline", "KandinskyPipeline"),
+            "img2img": ("KandinskyPriorPipeline", "KandinskyImg2ImgPipeline"),
+            "inpaint": ("KandinskyPriorPipeline", "KandinskyInpaintPipeline"),
+            "interpolate": ("KandinskyPriorPipeline", "KandinskyPipeline"),
+        },
+        weights={
+            "k21_prior": "kandinsky-community/kandinsky-2-1-prior",
+            "k21_decoder": "kandinsky-community/kandinsky-2-1",
+            "k21_inpaint": "kandinsky-community/kandinsky-2-1-inpaint",
+        },
+        defaults={"img2img": {"guidance_scale": 7.0}},
+    ),
     "kandinsky-3": ModelInfo(
         name="kandinsky-3",
         two_stage=False,  # no prior: the job goes straight to the decoder queue
@@ -47,7 +65,9 @@ MODELS: dict[str, ModelInfo] = {
             "img2img": (None, "Kandinsky3Img2ImgPipeline"),
         },
         weights={"kandinsky3": "kandinsky-community/kandinsky-3"},
-        defaults={"guidance_scale": 3.0, "num_inference_steps": 25, "height": 1024, "width": 1024},
+        defaults={
+            "*": {"guidance_scale": 3.0, "num_inference_steps": 25, "height": 1024, "width": 1024}
+        },
     ),
 }
 DEFAULT_MODEL = "kandinsky-2.2"

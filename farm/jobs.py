@@ -90,7 +90,8 @@ class JobSpec(BaseModel):
         if isinstance(data, dict):
             info = capabilities.MODELS.get(data.get("model", capabilities.DEFAULT_MODEL))
             if info is not None:
-                data = {**info.defaults, **data}
+                task = data.get("task", "text2img")
+                data = {**info.defaults.get("*", {}), **info.defaults.get(task, {}), **data}
         return data
 
     @model_validator(mode="after")
@@ -111,6 +112,12 @@ class JobSpec(BaseModel):
         for name in ("image", "mask", "interpolate"):
             if getattr(self, name) is not None and name not in needs.get(self.task, ()):
                 raise ValueError(f"{name}|not used by task {self.task}")
+        if self.model == "kandinsky-2.1" and self.task == "img2img" and self.height != self.width:
+            # KandinskyImg2ImgPipeline hands (width, height) to a preprocess that takes
+            # (height, width): any other size fails mid-job.
+            raise ValueError(
+                "width|kandinsky-2.1 img2img needs height == width (a diffusers limit)"
+            )
         if self.task == "img2img" and int(self.num_inference_steps * self.strength) < 1:
             # The pipelines run int(steps * strength) steps: zero would crash mid-job.
             raise ValueError(

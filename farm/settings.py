@@ -46,6 +46,17 @@ class Settings(BaseSettings):
     inpaint_model: str = Field(
         TINY, description="Inpainting decoder: hub id (from the HF cache), local folder, or 'tiny'."
     )
+    k21_prior_model: str = Field(
+        TINY,
+        description="Kandinsky 2.1 prior: hub id (from the HF cache), local folder, or 'tiny'.",
+    )
+    k21_decoder_model: str = Field(
+        TINY,
+        description="Kandinsky 2.1 decoder: hub id (from the HF cache), local folder, or 'tiny'.",
+    )
+    k21_inpaint_model: str = Field(
+        TINY, description="Kandinsky 2.1 inpainting decoder: hub id, local folder, or 'tiny'."
+    )
     kandinsky3_model: str = Field(
         TINY,
         description="Kandinsky 3 (single stage): hub id (from the HF cache), local folder, or 'tiny'.",
@@ -175,9 +186,13 @@ class Settings(BaseSettings):
             "decoder": self.decoder_model,
             "inpaint": self.inpaint_model,
             "kandinsky3": self.kandinsky3_model,
+            "k21_prior": self.k21_prior_model,
+            "k21_decoder": self.k21_decoder_model,
+            "k21_inpaint": self.k21_inpaint_model,
         }[stage]
         if value == TINY:
-            return str(self.tiny_dir / stage)
+            # The tiny 2.1 prior is the tiny 2.2 prior: the same components.
+            return str(self.tiny_dir / ("prior" if stage == "k21_prior" else stage))
         return value
 
     @property
@@ -191,6 +206,9 @@ class Settings(BaseSettings):
             self.decoder_model,
             self.inpaint_model,
             self.kandinsky3_model,
+            self.k21_prior_model,
+            self.k21_decoder_model,
+            self.k21_inpaint_model,
         )
 
     def worker_env(self) -> dict[str, str]:

@@ -72,6 +72,12 @@ def run_decoder(
     device, dtype = pipe.device, pipe.dtype
     kwargs = {}
     n = emb.image_embeds.shape[0]
+    if spec.model == "kandinsky-2.1":
+        # The 2.1 decoder has its own multilingual text encoder: it reads the prompt too.
+        # One prompt per embedding row, like the images and masks below.
+        kwargs["prompt"] = spec.prompt if n == 1 else [spec.prompt] * n
+        neg = spec.negative_prompt
+        kwargs["negative_prompt"] = neg if n == 1 or neg is None else [neg] * n
     # One input (and mask) per embedding row, explicitly: the pipelines' own expansion of a single
     # image/mask over a batch is where diffusers#13597 lives.
     if spec.task in ("img2img", "inpaint"):

@@ -218,3 +218,30 @@ def test_img2img_needs_at_least_one_denoising_step():
             }
         )
     assert exc.value.field == "strength" and "no denoising step" in str(exc.value)
+
+
+def test_defaults_match_each_pipelines_own_signature():
+    """A job that leaves a field out renders as the guide's call that leaves it out."""
+    import inspect
+
+    import diffusers
+
+    from farm.capabilities import MODELS
+
+    for model, info in MODELS.items():
+        for task, (_, decoder_class) in info.tasks.items():
+            params = inspect.signature(getattr(diffusers, decoder_class).__call__).parameters
+            data = {"model": model, "task": task, "prompt": "x"}
+            data |= (
+                {"image": "in:" + "a" * 64, "mask": "in:" + "b" * 64}
+                if task in ("img2img", "inpaint")
+                else {}
+            )
+            if task == "img2img":
+                data.pop("mask")
+            if task == "interpolate":
+                data["interpolate"] = [{"text": "a", "weight": 1}, {"text": "b", "weight": 1}]
+            spec = JobSpec.parse(data)
+            for name in ("guidance_scale", "num_inference_steps", "strength", "height", "width"):
+                if name in params and params[name].default is not None:
+                    assert getattr(spec, name) == params[name].default, (model, task, name)

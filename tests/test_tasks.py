@@ -333,3 +333,119 @@ def test_batched_inpainting_keeps_image_and_mask_per_row(alice, pipes, init_png)
     for px, ref in zip(farm_px, refs, strict=True):
         _same(px, ref)
     # Outside the mask the picture keeps the input's structure in every row: rows did not swap masks.
+
+
+@pytest.fixture(scope="module")
+def k21(stack, settings):
+    from diffusers import KandinskyInpaintPipeline, KandinskyPipeline, KandinskyPriorPipeline
+
+    out = {
+        "prior": KandinskyPriorPipeline.from_pretrained(settings.tiny_dir / "prior"),
+        "decoder": KandinskyPipeline.from_pretrained(settings.tiny_dir / "k21_decoder"),
+        "inpaint": KandinskyInpaintPipeline.from_pretrained(settings.tiny_dir / "k21_inpaint"),
+    }
+    for p in out.values():
+        p.set_progress_bar_config(disable=True)
+    return out
+
+
+def _k21_prior(k21, prompt, n=1):
+    return k21["prior"](
+        prompt,
+        negative_prompt="low quality",
+        num_inference_steps=2,
+        generator=_gen(77),
+        num_images_per_prompt=n,
+    ).to_tuple()
+
+
+K21 = {**BASE, "model": "kandinsky-2.1", "negative_prompt": "low quality"}
+
+
+def test_kandinsky21_text2img_fidelity_decoder_reads_the_prompt(alice, k21):
+    farm_px = _farm_pixels(alice, {**K21, "prompt": "a red cat"})
+    emb, neg = _k21_prior(k21, "a red cat")
+    ref = k21["decoder"](
+        "a red cat", image_embeds=emb, negative_image_embeds=neg, negative_prompt="low quality",
+        height=128, width=128, num_inference_steps=3, generator=_gen(77),
+    ).images[0]  # fmt: skip
+    _same(farm_px, ref)
+    # Same embeddings, another prompt: the 2.1 decoder's own text encoder changes the picture.
+    other = k21["decoder"](
+        "a blue dog", image_embeds=emb, negative_image_embeds=neg, negative_prompt="low quality",
+        height=128, width=128, num_inference_steps=3, generator=_gen(77),
+    ).images[0]  # fmt: skip
+    assert not np.array_equal(farm_px, np.asarray(other.convert("RGB")))
+
+
+def test_kandinsky21_img2img_and_inpaint_fidelity(alice, k21, init_png):
+    from diffusers import KandinskyImg2ImgPipeline
+
+    image_ref = alice.upload(init_png)
+    init = Image.open(io.BytesIO(init_png)).convert("RGB")
+    farm_px = _farm_pixels(
+        alice, {**K21, "task": "img2img", "prompt": "a cat", "image": image_ref, "strength": 0.6}
+    )
+    emb, neg = _k21_prior(k21, "a cat")
+    img2img = KandinskyImg2ImgPipeline(**k21["decoder"].components)
+    ref = img2img(
+        "a cat", image=init, image_embeds=emb, negative_image_embeds=neg, negative_prompt="low quality",
+        height=128, width=128, strength=0.6, num_inference_steps=3, generator=_gen(77),
+    ).images[0]  # fmt: skip
+    _same(farm_px, ref)
+    mask_png = _mask(slice(0, 64), slice(0, 128))
+    farm_px = _farm_pixels(
+        alice,
+        {
+            **K21,
+            "task": "inpaint",
+            "prompt": "a hat",
+            "image": image_ref,
+            "mask": alice.upload(mask_png),
+        },
+    )
+    emb, neg = _k21_prior(k21, "a hat")
+    ref = k21["inpaint"](
+        "a hat", image=init, mask_image=Image.open(io.BytesIO(mask_png)).convert("L"),
+        image_embeds=emb, negative_image_embeds=neg, negative_prompt="low quality",
+        height=128, width=128, num_inference_steps=3, generator=_gen(77),
+    ).images[0]  # fmt: skip
+    _same(farm_px, ref)
+
+
+def test_kandinsky21_interpolation_and_batch(alice, k21, init_png):
+    image_ref = alice.upload(init_png)
+    spec = {
+        **K21,
+        "task": "interpolate",
+        "interpolate": [{"text": "a cat", "weight": 0.5}, {"image": image_ref, "weight": 0.5}],
+    }
+    farm_px = _farm_pixels(alice, spec)
+    out = k21["prior"].interpolate(
+        ["a cat", Image.open(io.BytesIO(init_png)).convert("RGB")], [0.5, 0.5],
+        num_inference_steps=2, generator=_gen(77), negative_prior_prompt="low quality",
+    )  # fmt: skip
+    ref = k21["decoder"](
+        "", image_embeds=out.image_embeds, negative_image_embeds=out.negative_image_embeds,
+        negative_prompt="low quality", height=128, width=128, num_inference_steps=3, generator=_gen(77),
+    ).images[0]  # fmt: skip
+    _same(farm_px, ref)
+    handle = alice.submit_job({**K21, "prompt": "two cats", "num_images_per_prompt": 2})
+    handle.wait(timeout=120)
+    (job,) = handle.results()
+    assert job["state"] == "done" and len(job["urls"]) == 2, job["error"]
+
+
+def test_kandinsky21_img2img_needs_a_square(alice, init_png):
+    with pytest.raises(InvalidJob) as exc:
+        alice.submit_job(
+            {
+                **K21,
+                "task": "img2img",
+                "prompt": "x",
+                "image": alice.upload(init_png),
+                "strength": 0.6,
+                "width": 192,
+            }
+        )
+    assert exc.value.field == "width" and "height == width" in str(exc.value)

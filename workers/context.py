@@ -51,6 +51,17 @@ class WorkerContext:
         """The loaded pipeline for a stage and task (img2img shares the text2img weights)."""
         from farm.errors import ModelError
 
+        if model == "kandinsky-2.1":
+            part = {"prior": "k21_prior", "inpaint": "k21_inpaint"}.get(
+                "prior" if stage == "prior" else task, "k21_decoder"
+            )
+            if part not in self.pipelines:
+                raise ModelError(f"Kandinsky 2.1 ({part}) is not loaded on this worker")
+            if stage == "decoder" and task == "img2img":
+                return self._derived(
+                    "k21_decoder:img2img", "KandinskyImg2ImgPipeline", "k21_decoder"
+                )
+            return self.pipelines[part]
         if model == "kandinsky-3":
             if "kandinsky3" not in self.pipelines:
                 raise ModelError("Kandinsky 3 is not loaded on this worker (FARM_KANDINSKY3_MODEL)")
@@ -84,8 +95,12 @@ class WorkerContext:
 
         for stage in self.stages:
             self._load(stage, stage)
-            if stage == "decoder":
-                for extra in ("inpaint", "kandinsky3"):
+            extras = {
+                "prior": ("k21_prior",),
+                "decoder": ("inpaint", "kandinsky3", "k21_decoder", "k21_inpaint"),
+            }
+            if stage in extras:
+                for extra in extras[stage]:
                     try:
                         self._load(extra, extra)
                     except ModelError as e:

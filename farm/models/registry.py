@@ -15,22 +15,31 @@ from farm.errors import ModelError
 
 @dataclass(frozen=True)
 class StageModel:
-    """One stage of one model family."""
+    """One part of one model family: what to load a folder or hub id with."""
 
     family: str
-    stage: str  # "prior" or "decoder"
-    pipeline_class: str  # diffusers class name
+    stage: str  # the part: prior, decoder, inpaint, kandinsky3, k21_prior, ...
+    pipeline_class: str  # diffusers class to load it with
 
 
-# The pipeline classes each (family, stage) runs with, keyed by the class name that a saved
-# pipeline's model_index.json declares.
-BY_CLASS = {
-    "KandinskyV22PriorPipeline": StageModel("kandinsky-2.2", "prior", "KandinskyV22PriorPipeline"),
-    "KandinskyV22Pipeline": StageModel("kandinsky-2.2", "decoder", "KandinskyV22Pipeline"),
-    "Kandinsky3Pipeline": StageModel("kandinsky-3", "kandinsky3", "Kandinsky3Pipeline"),
-    "KandinskyV22InpaintPipeline": StageModel(
-        "kandinsky-2.2", "inpaint", "KandinskyV22InpaintPipeline"
+# part -> (family, class to load with, class names a saved pipeline may declare for it). The 2.1
+# prior has the 2.2 prior's components, so either saved prior serves both.
+PARTS = {
+    "prior": (
+        "kandinsky-2.2",
+        "KandinskyV22PriorPipeline",
+        ("KandinskyV22PriorPipeline", "KandinskyPriorPipeline"),
     ),
+    "decoder": ("kandinsky-2.2", "KandinskyV22Pipeline", ("KandinskyV22Pipeline",)),
+    "inpaint": ("kandinsky-2.2", "KandinskyV22InpaintPipeline", ("KandinskyV22InpaintPipeline",)),
+    "kandinsky3": ("kandinsky-3", "Kandinsky3Pipeline", ("Kandinsky3Pipeline",)),
+    "k21_prior": (
+        "kandinsky-2.1",
+        "KandinskyPriorPipeline",
+        ("KandinskyPriorPipeline", "KandinskyV22PriorPipeline"),
+    ),
+    "k21_decoder": ("kandinsky-2.1", "KandinskyPipeline", ("KandinskyPipeline",)),
+    "k21_inpaint": ("kandinsky-2.1", "KandinskyInpaintPipeline", ("KandinskyInpaintPipeline",)),
 }
 
 # Hub ids whose class is known without reading their files.
@@ -39,14 +48,17 @@ HUB_IDS = {
     "kandinsky-community/kandinsky-2-2-decoder": "KandinskyV22Pipeline",
     "kandinsky-community/kandinsky-2-2-decoder-inpaint": "KandinskyV22InpaintPipeline",
     "kandinsky-community/kandinsky-3": "Kandinsky3Pipeline",
+    "kandinsky-community/kandinsky-2-1-prior": "KandinskyPriorPipeline",
+    "kandinsky-community/kandinsky-2-1": "KandinskyPipeline",
+    "kandinsky-community/kandinsky-2-1-inpaint": "KandinskyInpaintPipeline",
 }
 
 
 def resolve(model: str, stage: str) -> StageModel:
-    """Find which pipeline runs ``model`` for ``stage``.
+    """Find which pipeline runs ``model`` as part ``stage``.
 
     Raises:
-        ModelError: the folder is missing, or the model does not serve that stage.
+        ModelError: the folder is missing, or the model is not that part.
     """
     folder = Path(model)
     if folder.is_dir():
@@ -60,12 +72,13 @@ def resolve(model: str, stage: str) -> StageModel:
         raise ModelError(f"{model}: no such folder (build tiny models with `farm models tiny`)")
     else:
         raise ModelError(f"{model}: unknown model id; known: {', '.join(sorted(HUB_IDS))}")
-    found = BY_CLASS.get(class_name)
-    if found is None:
-        raise ModelError(f"{model}: pipeline class {class_name!r} is not supported by the farm")
-    if found.stage != stage:
-        raise ModelError(f"{model}: a {found.stage} pipeline, configured as the {stage} model")
-    return found
+    family, load_as, accepted = PARTS[stage]
+    if class_name not in accepted:
+        found = next((part for part, (_, _, names) in PARTS.items() if class_name in names), None)
+        if found is None:
+            raise ModelError(f"{model}: pipeline class {class_name!r} is not supported by the farm")
+        raise ModelError(f"{model}: a {found} pipeline, configured as the {stage} model")
+    return StageModel(family, stage, load_as)
 
 
 def load_pipeline(model: str, stage: str, *, device: str = "cpu", dtype: str = "float32"):

@@ -283,3 +283,107 @@ def build_k3(out: Path) -> Path:
     marker = {"family": "kandinsky-3", "tiny": True, "note": "random weights: images are noise"}
     (out / TINY_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
     return out
+
+
+def _xlmr_tokenizer():
+    """An XLM-RoBERTa tokenizer over ASCII pieces (Unigram + Metaspace), offline."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import XLMRobertaTokenizerFast
+
+    chars = [c for c in string.printable if c not in "\t\n\r\x0b\x0c"]
+    pieces = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(c, -3.0) for c in chars] + [("\u2581" + c, -2.5) for c in string.ascii_letters]
+    pieces += [("<mask>", 0.0)]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=3, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", 0), ("</s>", 2)],
+    )
+    return XLMRobertaTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        cls_token="<s>",
+        sep_token="</s>",
+        model_max_length=77,  # the 2.1 decoder pads prompts to 77
+    )
+
+
+def _k21_components(in_channels: int) -> dict:
+    import torch
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from diffusers.pipelines.kandinsky.text_encoder import MCLIPConfig, MultilingualCLIP
+
+    tokenizer = _xlmr_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = MultilingualCLIP(
+        MCLIPConfig(
+            numDims=EMBED_DIM, transformerDimensions=EMBED_DIM, hidden_size=EMBED_DIM,
+            intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+            vocab_size=len(tokenizer), pad_token_id=1, bos_token_id=0, eos_token_id=2,
+            max_position_embeddings=80,
+        )
+    ).eval()  # fmt: skip
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        in_channels=in_channels,
+        out_channels=8,
+        addition_embed_type="text_image",
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        encoder_hid_dim=EMBED_DIM,
+        encoder_hid_dim_type="text_image_proj",
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        resnet_time_scale_shift="scale_shift",
+        class_embed_type=None,
+    )
+    scheduler = DDIMScheduler(  # the 2.1 decoder ships DDIM
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+        thresholding=False,
+    )
+    return {
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "unet": unet,
+        "scheduler": scheduler,
+        "movq": _movq(),
+    }
+
+
+def build_k21(out: Path) -> dict[str, Path]:
+    """Build and save the tiny Kandinsky 2.1 decoder and inpainting decoder under ``out``.
+
+    The 2.1 prior has the 2.2 prior's components (KandinskyPriorPipeline loads that folder).
+    """
+    from farm.models import quiet
+
+    quiet()
+    from diffusers import KandinskyInpaintPipeline, KandinskyPipeline
+
+    out = Path(out)
+    decoder_dir, inpaint_dir = out / "k21_decoder", out / "k21_inpaint"
+    KandinskyPipeline(**_k21_components(4)).save_pretrained(decoder_dir)
+    KandinskyInpaintPipeline(**_k21_components(9)).save_pretrained(inpaint_dir)
+    marker = {"family": "kandinsky-2.1", "tiny": True, "note": "random weights: images are noise"}
+    for d in (decoder_dir, inpaint_dir):
+        (d / TINY_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    return {"k21_decoder": decoder_dir, "k21_inpaint": inpaint_dir}

@@ -27,7 +27,9 @@ from farm import capabilities, keys
 from farm.errors import InvalidJob
 
 SIZE_MULTIPLE = 64  # Kandinsky's MoVQ downsamples by 8 and the pipelines round to 8 * 8
-INPUT_REF = r"^in:[0-9a-f]{64}$"  # an uploaded input image, by content hash
+# An input image: an upload by content hash, or "job:<n>", the first image of the campaign's n-th
+# job (a chained job runs when that job is done, without the client in the loop).
+INPUT_REF = r"^(in:[0-9a-f]{64}|job:\d{1,6})$"
 SCHEDULERS = ("default", "ddim", "ddpm")
 MAX_SIDE = 2048
 MAX_PROMPT_CHARS = 2000
@@ -128,11 +130,19 @@ class JobSpec(BaseModel):
             raise ValueError("prompt|must not be blank" if self.prompt else "prompt|required")
         return self
 
-    def input_refs(self) -> list[str]:
-        """Every uploaded input this job reads."""
+    def all_refs(self) -> list[str]:
+        """Every input image this job reads: uploads and other jobs' outputs."""
         refs = [r for r in (self.image, self.mask) if r]
         refs += [i.image for i in self.interpolate or () if i.image]
         return refs
+
+    def input_refs(self) -> list[str]:
+        """The uploaded inputs this job reads."""
+        return [r for r in self.all_refs() if r.startswith("in:")]
+
+    def parent_indexes(self) -> list[int]:
+        """The campaign positions of the jobs whose images this job reads."""
+        return sorted({int(r[4:]) for r in self.all_refs() if r.startswith("job:")})
 
     @field_validator("height", "width")
     @classmethod

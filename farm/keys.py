@@ -26,6 +26,16 @@ def attempts(job_id: str, stage: str) -> str:
     return f"{PREFIX}attempts:{job_id}:{stage}"
 
 
+def children(job_id: str) -> str:
+    """Set: jobs waiting for this job's image (chained jobs)."""
+    return f"{PREFIX}children:{job_id}"
+
+
+def pending(job_id: str) -> str:
+    """String: a chained job's message (JSON), held until every job it reads is done."""
+    return f"{PREFIX}pending:{job_id}"
+
+
 def campaign(campaign_id: str) -> str:
     """Hash: the campaign's tenant, size, times, cancel flag."""
     return f"{PREFIX}campaign:{campaign_id}"

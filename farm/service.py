@@ -131,30 +131,43 @@ class Farm:
         return {"input": img.ref, "width": img.width, "height": img.height, "format": img.format}
 
     def _check_inputs(self, specs: list[JobSpec], tenant: str) -> None:
-        """Every referenced input exists (for this tenant); a mask matches its image's size."""
+        """Uploads exist (for this tenant) and a mask matches its image; a chained job reads an
+        earlier job of the same campaign (so there can be no cycle)."""
         seen: dict[str, dict | None] = {}
 
         def meta(ref: str) -> dict | None:
             if ref not in seen:
-                seen[ref] = self.objects.head(
-                    keys.input_object(self.settings.s3_prefix, tenant, ref)
-                )
+                key = keys.input_object(self.settings.s3_prefix, tenant, ref)
+                seen[ref] = self.objects.head(key)
             return seen[ref]
 
         for index, spec in enumerate(specs):
-            for field, ref in (("image", spec.image), ("mask", spec.mask)):
-                if ref and meta(ref) is None:
+            fields = [("image", spec.image), ("mask", spec.mask)]
+            fields += [
+                (f"interpolate.{n}.image", i.image) for n, i in enumerate(spec.interpolate or ())
+            ]
+            for field, ref in fields:
+                if not ref:
+                    continue
+                if ref.startswith("job:"):
+                    if int(ref[4:]) >= index:
+                        raise InvalidJob(
+                            field,
+                            f"{ref} must name an earlier job of this campaign (< {index})",
+                            index=index,
+                        )
+                elif meta(ref) is None:
                     raise InvalidJob(
                         field,
                         f"unknown input {ref}; upload it first (POST /v1/inputs)",
                         index=index,
                     )
-            for n, item in enumerate(spec.interpolate or ()):
-                if item.image and meta(item.image) is None:
-                    raise InvalidJob(
-                        f"interpolate.{n}.image", f"unknown input {item.image}", index=index
-                    )
-            if spec.mask and spec.image:
+            if (
+                spec.mask
+                and spec.image
+                and spec.mask.startswith("in:")
+                and spec.image.startswith("in:")
+            ):
                 im, mk = meta(spec.image), meta(spec.mask)
                 if (im["width"], im["height"]) != (mk["width"], mk["height"]):
                     raise InvalidJob(
@@ -190,19 +203,64 @@ class Farm:
             "application/json",
         )
         self.records.create_campaign(campaign_id, tenant, pairs, prefix=prefix, name=campaign.name)
-        self._enqueue(campaign_id, tenant, pairs)
+        self._schedule(campaign_id, tenant, pairs, [j for j, _ in pairs])
 
-    def _message(self, job_id: str, campaign_id: str, tenant: str, spec: JobSpec) -> dict:
+    def _message(
+        self,
+        job_id: str,
+        campaign_id: str,
+        tenant: str,
+        spec: JobSpec,
+        ids: list[str] | None = None,
+    ) -> dict:
+        """A job's task arguments: ids, its spec, where its image goes and where its inputs are."""
         prefix = self.settings.s3_prefix
-        return {
+        inputs = {ref: keys.input_object(prefix, tenant, ref) for ref in spec.input_refs()}
+        parents = spec.parent_indexes()
+        for n, rec in zip(parents, self.records.get_many([ids[n] for n in parents]), strict=True):
+            # A chained job reads the first image of the job it names.
+            inputs[f"job:{n}"] = rec.s3_keys[0]
+        kwargs = {
             "job_id": job_id,
             "campaign_id": campaign_id,
             "spec": spec.to_dict(),
             "key": keys.image_object(prefix, tenant, campaign_id, job_id),
-            "inputs": {ref: keys.input_object(prefix, tenant, ref) for ref in spec.input_refs()},
+            "inputs": inputs,
         }
+        if not capabilities.MODELS[spec.model].two_stage:
+            kwargs["emb_key"] = None
+        return kwargs
 
-    def _enqueue(self, campaign_id: str, tenant: str, pairs: list[tuple[str, JobSpec]]) -> None:
+    def _schedule(
+        self, campaign_id: str, tenant: str, jobs: list[tuple[str, JobSpec]], ids: list[str]
+    ) -> None:
+        """Enqueue the jobs that can run now; hold chained jobs until the jobs they read are done."""
+        ready, held = [], []
+        for job_id, spec in jobs:
+            (held if spec.parent_indexes() else ready).append((job_id, spec))
+        self._enqueue(campaign_id, tenant, ready, ids)
+        if not held:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id, spec in held:
+            parents = [ids[n] for n in spec.parent_indexes()]
+            message = {
+                "task": task_name(spec),
+                "kwargs": self._message(job_id, campaign_id, tenant, spec, ids),
+                "parents": parents,
+            }
+            pipe.set(keys.pending(job_id), json.dumps(message), ex=self.settings.record_ttl_s)
+            for parent in parents:
+                pipe.sadd(keys.children(parent), job_id)
+                pipe.expire(keys.children(parent), self.settings.record_ttl_s)
+        pipe.execute()
+        # A parent may have finished before its child was registered: look once more.
+        for job_id, _ in held:
+            release(self.redis, self.records, self.app, job_id)
+
+    def _enqueue(
+        self, campaign_id: str, tenant: str, pairs: list[tuple[str, JobSpec]], ids: list[str]
+    ) -> None:
         """Publish prior tasks in pipelined batches (one Redis round trip per 1,000 messages)."""
         try:
             with self.app.producer_or_acquire() as producer:
@@ -212,15 +270,9 @@ class Farm:
                     queue.bind(producer.channel).declare()
                 with producer.batch(max_size=1000):
                     for job_id, spec in pairs:
-                        # Two-stage models start on the prior queue; single-stage ones (Kandinsky
-                        # 3) go straight to the decoder queue.
-                        two_stage = capabilities.MODELS[spec.model].two_stage
-                        kwargs = self._message(job_id, campaign_id, tenant, spec)
-                        if not two_stage:
-                            kwargs["emb_key"] = None
                         self.app.send_task(
-                            keys.PRIOR_TASK if two_stage else keys.DECODER_TASK,
-                            kwargs=kwargs,
+                            task_name(spec),
+                            kwargs=self._message(job_id, campaign_id, tenant, spec, ids),
                             producer=producer,
                             declare=[],  # declared above, once; per message it is a round trip
                             # The job records are the results; a result subscription per
@@ -411,7 +463,10 @@ class Farm:
             pipe.delete(keys.attempts(j, "prior"), keys.attempts(j, "decoder"))
         pipe.execute()
         recs = self.records.get_many(job_ids)
-        self._enqueue(campaign_id, tenant, [(r.job_id, r.spec) for r in recs if r is not None])
+        ids = self.records.campaign_job_ids(campaign_id)
+        self._schedule(
+            campaign_id, tenant, [(r.job_id, r.spec) for r in recs if r is not None], ids
+        )
 
     def _finalize_if_complete(self, campaign_id: str) -> None:
         info = self.records.campaign(campaign_id)
@@ -423,6 +478,51 @@ class Farm:
     def finalize(self, campaign_id: str) -> dict:
         """Write results.jsonl and contact_sheet.png beside the campaign's images."""
         return finalize(self.records, self.objects, self.settings.s3_prefix, campaign_id)
+
+
+def task_name(spec: JobSpec) -> str:
+    """Two-stage models start on the prior queue; single-stage ones (Kandinsky 3) on the decoder's."""
+    return keys.PRIOR_TASK if capabilities.MODELS[spec.model].two_stage else keys.DECODER_TASK
+
+
+def release(client: redis.Redis, records: RecordStore, app, job_id: str) -> bool:
+    """Send a held chained job once every job it reads is done; exactly once (GETDEL wins)."""
+    raw = client.get(keys.pending(job_id))
+    if raw is None:
+        return False
+    held = json.loads(raw)
+    if any(records.state(p) != JobState.DONE for p in held["parents"]):
+        return False
+    if client.getdel(keys.pending(job_id)) is None:
+        return False  # someone else released it
+    app.send_task(held["task"], kwargs=held["kwargs"])
+    return True
+
+
+def release_children(
+    client: redis.Redis, records: RecordStore, app, job_id: str, campaign_id: str, ok: bool
+) -> list[str]:
+    """After a job ends: send its waiting children, or, if it did not succeed, fail them (and theirs)."""
+    children = [c.decode() for c in client.smembers(keys.children(job_id))]
+    if ok:
+        return [c for c in children if release(client, records, app, c)]
+    failed = []
+    for child in children:
+        if client.getdel(keys.pending(child)) is None:
+            continue
+        error = {
+            "type": "ParentFailed",
+            "message": f"job {job_id}, whose image this job reads, did not finish",
+        }
+        moved, _, complete = records.move(
+            child, campaign_id, JobState.FAILED, (JobState.QUEUED,), error=error
+        )
+        if moved:
+            failed.append(child)
+            if complete:
+                app.send_task(keys.FINALIZE_TASK, kwargs={"campaign_id": campaign_id})
+            failed += release_children(client, records, app, child, campaign_id, ok=False)
+    return failed
 
 
 def finalize(records: RecordStore, objects: ObjectStore, prefix: str, campaign_id: str) -> dict:

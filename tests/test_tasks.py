@@ -449,3 +449,78 @@ def test_kandinsky21_img2img_needs_a_square(alice, init_png):
             }
         )
     assert exc.value.field == "width" and "height == width" in str(exc.value)
+
+
+def test_chained_jobs_run_without_the_client(alice, pipes, k3):
+    """text2img -> img2img (2.2) -> img2img (Kandinsky 3), in one campaign (the guide's chaining)."""
+    from diffusers import KandinskyV22Img2ImgPipeline
+
+    jobs = [
+        {**BASE, "prompt": "a castle"},
+        {
+            **BASE,
+            "task": "img2img",
+            "prompt": "a castle at night",
+            "image": "job:0",
+            "strength": 0.7,
+        },
+        {
+            **BASE,
+            "model": "kandinsky-3",
+            "task": "img2img",
+            "prompt": "oil painting",
+            "image": "job:1",
+            "strength": 0.7,
+        },
+    ]
+    handle = alice.submit_campaign(jobs)
+    status = handle.wait(timeout=180)
+    assert status["counts"]["done"] == 3, status
+    results = list(handle.results())
+    pictures = [Image.open(io.BytesIO(httpx.get(j["url"]).content)).convert("RGB") for j in results]
+    # Job 1 is img2img over job 0's stored image, exactly as in one process.
+    emb, neg = _prior(pipes, {**jobs[1], "seed": 77})
+    img2img = KandinskyV22Img2ImgPipeline(**pipes["decoder"].components)
+    ref1 = img2img(
+        image=pictures[0], image_embeds=emb, negative_image_embeds=neg, height=128, width=128,
+        strength=0.7, num_inference_steps=3, generator=_gen(77),
+    ).images[0]  # fmt: skip
+    _same(np.asarray(pictures[1]), ref1)
+    ref2 = k3[1](
+        "oil painting", image=pictures[1], strength=0.7, height=128, width=128,
+        num_inference_steps=3, guidance_scale=3.0, generator=_gen(77),
+    ).images[0]  # fmt: skip
+    _same(np.asarray(pictures[2]), ref2)
+
+
+def test_chained_job_must_read_an_earlier_job(alice):
+    with pytest.raises(InvalidJob) as exc:
+        alice.submit_campaign(
+            [{**BASE, "task": "img2img", "prompt": "x", "image": "job:0", "strength": 0.7}]
+        )
+    assert exc.value.field == "image" and "earlier job" in str(exc.value) and exc.value.index == 0
+
+
+def test_chained_job_fails_when_its_parent_fails(farm, settings):
+    from farm.jobs import JobState
+    from farm.service import release_children
+
+    slow = {**BASE, "prompt": "slow parent", "num_inference_steps": 40, "height": 192, "width": 192}
+    campaign = farm.submit(
+        [slow, {**BASE, "task": "img2img", "prompt": "x", "image": "job:0", "strength": 0.7}]
+    )
+    parent, child = campaign.job_ids
+    # The parent fails (as a worker's error handler records it): the child can never run.
+    moved, _, _ = farm.records.move(
+        parent,
+        campaign.id,
+        JobState.FAILED,
+        (JobState.QUEUED, JobState.PRIOR, JobState.DECODING),
+        error={"type": "Boom", "message": "x"},
+    )
+    assert moved
+    assert release_children(farm.redis, farm.records, farm.app, parent, campaign.id, ok=False) == [
+        child
+    ]
+    recs = {r.job_id: r for r in campaign.wait(timeout=120)}
+    assert recs[child].state == JobState.FAILED and recs[child].error["type"] == "ParentFailed"

@@ -15,6 +15,7 @@ from farm import capabilities, keys
 from farm.errors import PoisonJob
 from farm.jobs import JobSpec, JobState
 from farm.records import ACTIVE
+from farm.service import release_children
 from farm.stages import png_bytes, run_decoder, run_prior, run_single
 from workers.context import WorkerContext
 
@@ -55,9 +56,12 @@ def _start(
 
 def fail(ctx: WorkerContext, job_id: str, campaign_id: str, exc: BaseException) -> None:
     error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
-    _, _, complete = ctx.records.move(job_id, campaign_id, JobState.FAILED, ACTIVE, error=error)
+    moved, _, complete = ctx.records.move(job_id, campaign_id, JobState.FAILED, ACTIVE, error=error)
     if complete:
         ctx.app.send_task(keys.FINALIZE_TASK, kwargs={"campaign_id": campaign_id})
+    if moved:
+        # Chained jobs that read this job's image can never run: fail them too.
+        release_children(ctx.redis, ctx.records, ctx.app, job_id, campaign_id, ok=False)
 
 
 def _images(ctx: WorkerContext, job: JobSpec, inputs: dict[str, str], stage: str) -> dict:
@@ -185,6 +189,8 @@ def decoder(
         job_id, campaign_id, JobState.DONE, (JobState.DECODING,), s3_key=key
     )
     ctx.embeddings.delete(job_id)
+    # Chained jobs waiting for this image run now, without the client in the loop.
+    release_children(ctx.redis, ctx.records, ctx.app, job_id, campaign_id, ok=True)
     if complete:
         ctx.app.send_task(keys.FINALIZE_TASK, kwargs={"campaign_id": campaign_id})
     return {"job_id": job_id, "s3_key": key}

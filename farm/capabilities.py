@@ -69,6 +69,20 @@ MODELS: dict[str, ModelInfo] = {
             "*": {"guidance_scale": 3.0, "num_inference_steps": 25, "height": 1024, "width": 1024}
         },
     ),
+    "sd-1.5": ModelInfo(
+        name="sd-1.5",
+        two_stage=False,  # diffusers AutoPipelines: one call on the decoder queue
+        size_multiple=8,
+        tasks={
+            "text2img": (None, "StableDiffusionPipeline"),
+            "img2img": (None, "StableDiffusionImg2ImgPipeline"),
+        },
+        weights={"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5"},
+        defaults={
+            "*": {"guidance_scale": 7.5, "num_inference_steps": 50, "height": 512, "width": 512},
+            "img2img": {"strength": 0.8},
+        },
+    ),
 }
 DEFAULT_MODEL = "kandinsky-2.2"
 

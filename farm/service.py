@@ -162,6 +162,21 @@ class Farm:
                         f"unknown input {ref}; upload it first (POST /v1/inputs)",
                         index=index,
                     )
+            if spec.task == "img2img" and not capabilities.MODELS[spec.model].two_stage:
+                # Kandinsky 3 and SD img2img render at the input's size (they take no height or
+                # width): say so now rather than hand back another size than the job asked for.
+                if spec.image.startswith("in:"):
+                    size = (int(meta(spec.image)["width"]), int(meta(spec.image)["height"]))
+                else:
+                    parent = specs[int(spec.image[4:])]
+                    size = (parent.width, parent.height)
+                if size != (spec.width, spec.height):
+                    raise InvalidJob(
+                        "image",
+                        f"{spec.model} img2img renders at the input's size {size[0]}x{size[1]}; "
+                        f"set width and height to it (asked {spec.width}x{spec.height})",
+                        index=index,
+                    )
             if (
                 spec.mask
                 and spec.image

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     k21_inpaint_model: str = Field(
         TINY, description="Kandinsky 2.1 inpainting decoder: hub id, local folder, or 'tiny'."
     )
+    sd15_model: str = Field(
+        TINY, description="Stable Diffusion 1.5 (single stage): hub id, local folder, or 'tiny'."
+    )
     kandinsky3_model: str = Field(
         TINY,
         description="Kandinsky 3 (single stage): hub id (from the HF cache), local folder, or 'tiny'.",
@@ -189,6 +192,7 @@ class Settings(BaseSettings):
             "k21_prior": self.k21_prior_model,
             "k21_decoder": self.k21_decoder_model,
             "k21_inpaint": self.k21_inpaint_model,
+            "sd15": self.sd15_model,
         }[stage]
         if value == TINY:
             # The tiny 2.1 prior is the tiny 2.2 prior: the same components.
@@ -209,6 +213,7 @@ class Settings(BaseSettings):
             self.k21_prior_model,
             self.k21_decoder_model,
             self.k21_inpaint_model,
+            self.sd15_model,
         )
 
     def worker_env(self) -> dict[str, str]:

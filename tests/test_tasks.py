@@ -524,3 +524,53 @@ def test_chained_job_fails_when_its_parent_fails(farm, settings):
     ]
     recs = {r.job_id: r for r in campaign.wait(timeout=120)}
     assert recs[child].state == JobState.FAILED and recs[child].error["type"] == "ParentFailed"
+
+
+def test_stable_diffusion_autopipelines_fidelity(alice, settings, init_png):
+    """The Image-to-image guide's AutoPipelines (SD 1.5 family), single-stage through the farm."""
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
+
+    t2i = AutoPipelineForText2Image.from_pretrained(settings.tiny_dir / "sd15")
+    t2i.set_progress_bar_config(disable=True)
+    i2i = AutoPipelineForImage2Image.from_pipe(t2i)
+    sd = {"model": "sd-1.5", "seed": 5, "num_inference_steps": 4, "height": 64, "width": 96}
+    farm_px = _farm_pixels(alice, {**sd, "prompt": "a cat, photo", "negative_prompt": "ugly"})
+    ref = t2i(
+        "a cat, photo",
+        negative_prompt="ugly",
+        height=64,
+        width=96,
+        num_inference_steps=4,
+        generator=_gen(5),
+    ).images[0]
+    _same(farm_px, ref)
+    init = Image.open(io.BytesIO(init_png)).convert("RGB").resize((96, 64))
+    buf = io.BytesIO()
+    init.save(buf, format="PNG")
+    farm_px = _farm_pixels(
+        alice, {**sd, "task": "img2img", "prompt": "a dog", "image": alice.upload(buf.getvalue())}
+    )
+    ref = i2i("a dog", image=init, strength=0.8, num_inference_steps=4, generator=_gen(5)).images[0]
+    _same(farm_px, ref)
+
+
+def test_size_multiple_is_per_model(alice):
+    with pytest.raises(InvalidJob, match="multiple of 64 for kandinsky-2.2"):
+        alice.submit_job({**BASE, "prompt": "x", "height": 72})
+    with pytest.raises(InvalidJob, match="multiple of 8 for sd-1.5"):
+        alice.submit_job({"model": "sd-1.5", "prompt": "x", "height": 68})
+
+
+def test_single_stage_img2img_size_must_match_the_input(alice, init_png):
+    with pytest.raises(InvalidJob) as exc:
+        alice.submit_job(
+            {
+                "model": "sd-1.5",
+                "task": "img2img",
+                "prompt": "x",
+                "image": alice.upload(init_png),
+                "width": 256,
+                "height": 256,
+            }
+        )
+    assert exc.value.field == "image" and "input's size 128x128" in str(exc.value)

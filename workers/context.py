@@ -62,6 +62,14 @@ class WorkerContext:
                     "k21_decoder:img2img", "KandinskyImg2ImgPipeline", "k21_decoder"
                 )
             return self.pipelines[part]
+        if model == "sd-1.5":
+            if "sd15" not in self.pipelines:
+                raise ModelError(
+                    "Stable Diffusion 1.5 is not loaded on this worker (FARM_SD15_MODEL)"
+                )
+            if task == "img2img":
+                return self._derived("sd15:img2img", "StableDiffusionImg2ImgPipeline", "sd15")
+            return self.pipelines["sd15"]
         if model == "kandinsky-3":
             if "kandinsky3" not in self.pipelines:
                 raise ModelError("Kandinsky 3 is not loaded on this worker (FARM_KANDINSKY3_MODEL)")
@@ -97,7 +105,7 @@ class WorkerContext:
             self._load(stage, stage)
             extras = {
                 "prior": ("k21_prior",),
-                "decoder": ("inpaint", "kandinsky3", "k21_decoder", "k21_inpaint"),
+                "decoder": ("inpaint", "kandinsky3", "k21_decoder", "k21_inpaint", "sd15"),
             }
             if stage in extras:
                 for extra in extras[stage]:

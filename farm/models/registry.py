@@ -40,6 +40,7 @@ PARTS = {
     ),
     "k21_decoder": ("kandinsky-2.1", "KandinskyPipeline", ("KandinskyPipeline",)),
     "k21_inpaint": ("kandinsky-2.1", "KandinskyInpaintPipeline", ("KandinskyInpaintPipeline",)),
+    "sd15": ("sd-1.5", "StableDiffusionPipeline", ("StableDiffusionPipeline",)),
 }
 
 # Hub ids whose class is known without reading their files.
@@ -51,6 +52,8 @@ HUB_IDS = {
     "kandinsky-community/kandinsky-2-1-prior": "KandinskyPriorPipeline",
     "kandinsky-community/kandinsky-2-1": "KandinskyPipeline",
     "kandinsky-community/kandinsky-2-1-inpaint": "KandinskyInpaintPipeline",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "StableDiffusionPipeline",
+    "runwayml/stable-diffusion-v1-5": "StableDiffusionPipeline",
 }
 
 

@@ -387,3 +387,68 @@ def build_k21(out: Path) -> dict[str, Path]:
     for d in (decoder_dir, inpaint_dir):
         (d / TINY_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
     return {"k21_decoder": decoder_dir, "k21_inpaint": inpaint_dir}
+
+
+def build_sd15(out: Path) -> Path:
+    """Build and save a tiny Stable Diffusion 1.5-style pipeline (CLIP text encoder, UNet,
+    AutoencoderKL with the real scale factor 8, PNDM) in ``out``; no safety checker."""
+    from farm.models import quiet
+
+    quiet()
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    out = Path(out)
+    _write_clip_tokenizer(out / "_tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(out / "_tokenizer")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=EMBED_DIM,
+        norm_num_groups=8,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 32, 64, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        latent_channels=4,
+        norm_num_groups=8,
+    )
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, hidden_size=EMBED_DIM, intermediate_size=37,
+            layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer),
+        )
+    )  # fmt: skip
+    scheduler = PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+        set_alpha_to_one=False, steps_offset=1,
+    )  # fmt: skip
+    pipe = StableDiffusionPipeline(
+        unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.save_pretrained(out)
+    for f in sorted((out / "_tokenizer").iterdir()):
+        f.unlink()
+    (out / "_tokenizer").rmdir()
+    marker = {"family": "sd-1.5", "tiny": True, "note": "random weights: images are noise"}
+    (out / TINY_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    return out

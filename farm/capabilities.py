@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-TASKS = ("text2img", "img2img", "inpaint", "interpolate")
+TASKS = (
+    "text2img",
+    "img2img",
+    "inpaint",
+    "interpolate",
+    "controlnet-depth",
+    "controlnet-depth-img2img",
+)
 
 
 @dataclass(frozen=True)
@@ -32,9 +39,16 @@ MODELS: dict[str, ModelInfo] = {
             "img2img": ("KandinskyV22PriorPipeline", "KandinskyV22Img2ImgPipeline"),
             "inpaint": ("KandinskyV22PriorPipeline", "KandinskyV22InpaintPipeline"),
             "interpolate": ("KandinskyV22PriorPipeline", "KandinskyV22Pipeline"),
+            "controlnet-depth": ("KandinskyV22PriorPipeline", "KandinskyV22ControlnetPipeline"),
+            "controlnet-depth-img2img": (
+                "KandinskyV22PriorEmb2EmbPipeline",
+                "KandinskyV22ControlnetImg2ImgPipeline",
+            ),
         },
         weights={
             "prior": "kandinsky-community/kandinsky-2-2-prior",
+            "controlnet": "kandinsky-community/kandinsky-2-2-controlnet-depth",
+            "depth": "Intel/dpt-large",
             "decoder": "kandinsky-community/kandinsky-2-2-decoder",
             "inpaint": "kandinsky-community/kandinsky-2-2-decoder-inpaint",
         },

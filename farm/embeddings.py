@@ -24,15 +24,17 @@ NAMES = ("image_embeds", "negative_image_embeds")
 class Embeddings:
     image_embeds: torch.Tensor
     negative_image_embeds: torch.Tensor
+    hint: torch.Tensor | None = None  # ControlNet: the depth hint, made on the light prior worker
 
     def to_bytes(self) -> bytes:
-        tensors = {n: getattr(self, n).detach().to("cpu").contiguous() for n in NAMES}
+        names = NAMES + (("hint",) if self.hint is not None else ())
+        tensors = {n: getattr(self, n).detach().to("cpu").contiguous() for n in names}
         return st_save(tensors)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Embeddings:
         tensors = st_load(data)
-        return cls(**{n: tensors[n] for n in NAMES})
+        return cls(**{n: tensors[n] for n in NAMES}, hint=tensors.get("hint"))
 
 
 class EmbeddingStore:

@@ -66,7 +66,14 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = capabilities.DEFAULT_MODEL
-    task: Literal["text2img", "img2img", "inpaint", "interpolate"] = "text2img"
+    task: Literal[
+        "text2img",
+        "img2img",
+        "inpaint",
+        "interpolate",
+        "controlnet-depth",
+        "controlnet-depth-img2img",
+    ] = "text2img"
     prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
@@ -79,6 +86,8 @@ class JobSpec(BaseModel):
     image: str | None = Field(None, pattern=INPUT_REF, description="img2img / inpaint input")
     mask: str | None = Field(None, pattern=INPUT_REF, description="inpaint: white = repaint")
     strength: float = Field(0.3, gt=0, le=1, description="img2img: how much to change")
+    hint: str | None = Field(None, pattern=INPUT_REF, description="ControlNet: a depth map")
+    prior_strength: float = Field(0.3, gt=0, le=1, description="ControlNet img2img: prior strength")
     interpolate: list[InterpolationItem] | None = Field(None, min_length=2, max_length=16)
     scheduler: Literal["default", "ddim", "ddpm"] = "default"
     num_images_per_prompt: int = Field(1, ge=1, le=8, description="images from one job, one batch")
@@ -113,12 +122,22 @@ class JobSpec(BaseModel):
             "img2img": ("image",),
             "inpaint": ("image", "mask"),
             "interpolate": ("interpolate",),
+            "controlnet-depth-img2img": ("image",),
+        }
+        takes = {
+            **needs,
+            "controlnet-depth": ("image", "hint"),
+            "controlnet-depth-img2img": ("image", "hint"),
         }
         for name in needs.get(self.task, ()):
             if getattr(self, name) is None:
                 raise ValueError(f"{name}|required for task {self.task}")
-        for name in ("image", "mask", "interpolate"):
-            if getattr(self, name) is not None and name not in needs.get(self.task, ()):
+        if self.task == "controlnet-depth" and self.image is None and self.hint is None:
+            raise ValueError(
+                "image|controlnet-depth needs an image to estimate depth from, or a hint"
+            )
+        for name in ("image", "mask", "interpolate", "hint"):
+            if getattr(self, name) is not None and name not in takes.get(self.task, ()):
                 raise ValueError(f"{name}|not used by task {self.task}")
         if self.model == "kandinsky-2.1" and self.task == "img2img" and self.height != self.width:
             # KandinskyImg2ImgPipeline hands (width, height) to a preprocess that takes
@@ -126,7 +145,7 @@ class JobSpec(BaseModel):
             raise ValueError(
                 "width|kandinsky-2.1 img2img needs height == width (a diffusers limit)"
             )
-        if self.task == "img2img" and int(self.num_inference_steps * self.strength) < 1:
+        if self.task.endswith("img2img") and int(self.num_inference_steps * self.strength) < 1:
             # The pipelines run int(steps * strength) steps: zero would crash mid-job.
             raise ValueError(
                 f"strength|{self.strength} x num_inference_steps {self.num_inference_steps} "
@@ -138,7 +157,7 @@ class JobSpec(BaseModel):
 
     def all_refs(self) -> list[str]:
         """Every input image this job reads: uploads and other jobs' outputs."""
-        refs = [r for r in (self.image, self.mask) if r]
+        refs = [r for r in (self.image, self.mask, self.hint) if r]
         refs += [i.image for i in self.interpolate or () if i.image]
         return refs
 

@@ -142,7 +142,7 @@ class Farm:
             return seen[ref]
 
         for index, spec in enumerate(specs):
-            fields = [("image", spec.image), ("mask", spec.mask)]
+            fields = [("image", spec.image), ("mask", spec.mask), ("hint", spec.hint)]
             fields += [
                 (f"interpolate.{n}.image", i.image) for n, i in enumerate(spec.interpolate or ())
             ]
@@ -162,19 +162,27 @@ class Farm:
                         f"unknown input {ref}; upload it first (POST /v1/inputs)",
                         index=index,
                     )
-            if spec.task == "img2img" and not capabilities.MODELS[spec.model].two_stage:
-                # Kandinsky 3 and SD img2img render at the input's size (they take no height or
-                # width): say so now rather than hand back another size than the job asked for.
-                if spec.image.startswith("in:"):
-                    size = (int(meta(spec.image)["width"]), int(meta(spec.image)["height"]))
+            single_stage_i2i = (
+                spec.task == "img2img" and not capabilities.MODELS[spec.model].two_stage
+            )
+            # Kandinsky 3 and SD img2img render at the input's size (they take no height or
+            # width); a ControlNet hint must be the output's size. Say so now, not mid-job.
+            sized = [("image", spec.image)] if single_stage_i2i else []
+            if spec.task.startswith("controlnet"):
+                sized = [("image", spec.image), ("hint", spec.hint)]
+            for field, ref in sized:
+                if ref is None:
+                    continue
+                if ref.startswith("in:"):
+                    size = (int(meta(ref)["width"]), int(meta(ref)["height"]))
                 else:
-                    parent = specs[int(spec.image[4:])]
+                    parent = specs[int(ref[4:])]
                     size = (parent.width, parent.height)
                 if size != (spec.width, spec.height):
                     raise InvalidJob(
-                        "image",
-                        f"{spec.model} img2img renders at the input's size {size[0]}x{size[1]}; "
-                        f"set width and height to it (asked {spec.width}x{spec.height})",
+                        field,
+                        f"{spec.model} {spec.task} needs this input at the output's size: it is "
+                        f"{size[0]}x{size[1]}, the job asks {spec.width}x{spec.height}",
                         index=index,
                     )
             if (

@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     k21_inpaint_model: str = Field(
         TINY, description="Kandinsky 2.1 inpainting decoder: hub id, local folder, or 'tiny'."
     )
+    controlnet_model: str = Field(
+        TINY, description="Kandinsky 2.2 ControlNet depth decoder: hub id, local folder, or 'tiny'."
+    )
+    depth_model: str = Field(
+        TINY,
+        description="Depth estimator for ControlNet hints (transformers): hub id, folder, or 'tiny'.",
+    )
     sd15_model: str = Field(
         TINY, description="Stable Diffusion 1.5 (single stage): hub id, local folder, or 'tiny'."
     )
@@ -193,6 +200,8 @@ class Settings(BaseSettings):
             "k21_decoder": self.k21_decoder_model,
             "k21_inpaint": self.k21_inpaint_model,
             "sd15": self.sd15_model,
+            "controlnet": self.controlnet_model,
+            "depth": self.depth_model,
         }[stage]
         if value == TINY:
             # The tiny 2.1 prior is the tiny 2.2 prior: the same components.
@@ -214,6 +223,8 @@ class Settings(BaseSettings):
             self.k21_decoder_model,
             self.k21_inpaint_model,
             self.sd15_model,
+            self.controlnet_model,
+            self.depth_model,
         )
 
     def worker_env(self) -> dict[str, str]:

@@ -135,7 +135,14 @@ class Stack:
     def _ensure_models(self, settings: Settings) -> None:
         if not settings.uses_tiny:
             return
-        from farm.models.tiny import build_k3, build_k21, build_k22, build_sd15, is_tiny
+        from farm.models.tiny import (
+            build_controlnet,
+            build_k3,
+            build_k21,
+            build_k22,
+            build_sd15,
+            is_tiny,
+        )
 
         if not all(is_tiny(settings.tiny_dir / part) for part in ("prior", "decoder", "inpaint")):
             build_k22(settings.tiny_dir)
@@ -145,6 +152,8 @@ class Stack:
             build_k21(settings.tiny_dir)
         if not is_tiny(settings.tiny_dir / "sd15"):
             build_sd15(settings.tiny_dir / "sd15")
+        if not all(is_tiny(settings.tiny_dir / p) for p in ("controlnet", "depth")):
+            build_controlnet(settings.tiny_dir)
 
     def _ensure_bucket(self, settings: Settings) -> None:
         from farm.storage import ObjectStore

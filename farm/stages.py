@@ -59,6 +59,45 @@ def run_prior(pipe, spec: JobSpec, images: dict[str, Image.Image] | None = None)
     return Embeddings(out.image_embeds, out.negative_image_embeds)
 
 
+def make_hint(depth: Image.Image) -> torch.Tensor:
+    """A depth map as the ControlNet hint tensor (1, 3, H, W), exactly as the guide's make_hint."""
+    import numpy as np
+
+    array = np.array(depth.convert("L"))[:, :, None]
+    array = np.concatenate([array, array, array], axis=2)
+    return (torch.from_numpy(array).float() / 255.0).permute(2, 0, 1).unsqueeze(0)
+
+
+def run_controlnet_prior(
+    prior, emb2emb, depth, spec: JobSpec, images: dict[str, Image.Image]
+) -> Embeddings:
+    """ControlNet jobs on the prior worker: embeddings (text, or image+text for img2img) + hint.
+
+    The depth hint is estimated here (transformers' depth-estimation pipeline) unless the job
+    brought its own; it travels to the decoder inside the stored safetensors blob.
+    """
+    if spec.hint is not None:
+        hint = make_hint(images[spec.hint])
+    else:
+        hint = make_hint(depth(images[spec.image])["depth"])
+    if spec.task == "controlnet-depth":
+        emb = run_prior(prior, spec)
+        return Embeddings(emb.image_embeds, emb.negative_image_embeds, hint)
+    # img2img, as the guide: one generator for both Emb2Emb calls; the negative side from the
+    # negative prompt at strength 1.
+    g = generator(spec.seed)
+    common = {
+        "image": images[spec.image],
+        "generator": g,
+        "num_inference_steps": spec.prior_num_inference_steps,
+        "guidance_scale": spec.prior_guidance_scale,
+        "num_images_per_prompt": spec.num_images_per_prompt,
+    }
+    img_emb = emb2emb(prompt=spec.prompt, strength=spec.prior_strength, **common)
+    neg_emb = emb2emb(prompt=spec.negative_prompt or "", strength=1.0, **common)
+    return Embeddings(img_emb.image_embeds, neg_emb.image_embeds, hint)
+
+
 def run_decoder(
     pipe, spec: JobSpec, emb: Embeddings, images: dict[str, Image.Image] | None = None
 ) -> list[Image.Image]:
@@ -80,10 +119,12 @@ def run_decoder(
         kwargs["negative_prompt"] = neg if n == 1 or neg is None else [neg] * n
     # One input (and mask) per embedding row, explicitly: the pipelines' own expansion of a single
     # image/mask over a batch is where diffusers#13597 lives.
-    if spec.task in ("img2img", "inpaint"):
+    if spec.task in ("img2img", "inpaint", "controlnet-depth-img2img"):
         kwargs["image"] = images[spec.image] if n == 1 else [images[spec.image]] * n
-    if spec.task == "img2img":
+    if spec.task in ("img2img", "controlnet-depth-img2img"):
         kwargs["strength"] = spec.strength
+    if spec.task.startswith("controlnet"):
+        kwargs["hint"] = emb.hint.to(device, dtype).repeat(n, 1, 1, 1)
     if spec.task == "inpaint":
         # White = repaint, as in the guides.
         kwargs["mask_image"] = images[spec.mask] if n == 1 else [images[spec.mask]] * n

@@ -174,7 +174,7 @@ def test_bad_campaign_names_where(body, field):
         (
             {"prompt": "x", "task": "paint"},
             "task",
-            "'text2img', 'img2img', 'inpaint' or 'interpolate'",
+            "'text2img', 'img2img', 'inpaint', 'interpolate', 'controlnet-depth' or 'controlnet-depth-img2img'",
         ),
     ],
 )
@@ -239,6 +239,8 @@ def test_defaults_match_each_pipelines_own_signature():
             )
             if task == "img2img":
                 data.pop("mask")
+            if task.startswith("controlnet"):
+                data["image"] = "in:" + "a" * 64
             if task == "interpolate":
                 data["interpolate"] = [{"text": "a", "weight": 1}, {"text": "b", "weight": 1}]
             spec = JobSpec.parse(data)

@@ -78,6 +78,18 @@ class WorkerContext:
                     "kandinsky3:img2img", "Kandinsky3Img2ImgPipeline", "kandinsky3"
                 )
             return self.pipelines["kandinsky3"]
+        if stage == "prior" and task == "controlnet-depth-img2img":
+            return self._derived("prior:emb2emb", "KandinskyV22PriorEmb2EmbPipeline", "prior")
+        if stage == "decoder" and task.startswith("controlnet"):
+            if "controlnet" not in self.pipelines:
+                raise ModelError(
+                    "no ControlNet model is loaded on this worker (FARM_CONTROLNET_MODEL)"
+                )
+            if task.endswith("img2img"):
+                return self._derived(
+                    "controlnet:img2img", "KandinskyV22ControlnetImg2ImgPipeline", "controlnet"
+                )
+            return self.pipelines["controlnet"]
         if stage == "decoder" and task == "inpaint":
             if "inpaint" not in self.pipelines:
                 raise ModelError(
@@ -104,8 +116,15 @@ class WorkerContext:
         for stage in self.stages:
             self._load(stage, stage)
             extras = {
-                "prior": ("k21_prior",),
-                "decoder": ("inpaint", "kandinsky3", "k21_decoder", "k21_inpaint", "sd15"),
+                "prior": ("k21_prior", "depth"),
+                "decoder": (
+                    "inpaint",
+                    "kandinsky3",
+                    "k21_decoder",
+                    "k21_inpaint",
+                    "sd15",
+                    "controlnet",
+                ),
             }
             if stage in extras:
                 for extra in extras[stage]:
@@ -116,14 +135,17 @@ class WorkerContext:
                         log.warning("%s unavailable on this worker: %s", extra, e)
 
     def _load(self, name: str, stage: str) -> None:
-        from farm.models.registry import load_pipeline
+        from farm.models.registry import load_depth_estimator, load_pipeline
         from farm.models.tiny import is_tiny
 
         model = self.settings.model_folder(stage)
         t0 = time.perf_counter()
-        self.pipelines[name] = load_pipeline(
-            model, stage, device=self.settings.device, dtype=self.settings.dtype
-        )
+        if stage == "depth":
+            self.pipelines[name] = load_depth_estimator(model, device=self.settings.device)
+        else:
+            self.pipelines[name] = load_pipeline(
+                model, stage, device=self.settings.device, dtype=self.settings.dtype
+            )
         tiny = " (tiny random weights: images are noise)" if is_tiny(model) else ""
         log.info("loaded %s model %s in %.2fs%s", name, model, time.perf_counter() - t0, tiny)
 

@@ -16,7 +16,13 @@ from farm.errors import PoisonJob
 from farm.jobs import JobSpec, JobState
 from farm.records import ACTIVE
 from farm.service import release_children
-from farm.stages import png_bytes, run_decoder, run_prior, run_single
+from farm.stages import (
+    png_bytes,
+    run_controlnet_prior,
+    run_decoder,
+    run_prior,
+    run_single,
+)
 from workers.context import WorkerContext
 
 log = logging.getLogger("farm.worker")
@@ -70,11 +76,13 @@ def _images(ctx: WorkerContext, job: JobSpec, inputs: dict[str, str], stage: str
 
     if stage == "prior":
         refs = [i.image for i in job.interpolate or () if i.image]
+        if job.task.startswith("controlnet"):
+            # The prior worker makes the depth hint (and the img2img embeddings) from these.
+            refs += [r for r in (job.image, job.hint) if r]
     else:
-        refs = [r for r in (job.image, job.mask) if r]
-    return {
-        ref: load(ctx.objects.get(inputs[ref]), "L" if ref == job.mask else "RGB") for ref in refs
-    }
+        refs = [r for r in (job.image, job.mask) if r and job.task != "controlnet-depth"]
+    grey = {job.mask, job.hint} - {None}
+    return {ref: load(ctx.objects.get(inputs[ref]), "L" if ref in grey else "RGB") for ref in refs}
 
 
 def prior(
@@ -99,7 +107,13 @@ def prior(
     job = JobSpec.model_validate(spec)
     images = _images(ctx, job, inputs or {}, "prior")
     t0 = time.perf_counter()
-    emb = run_prior(ctx.pipeline("prior"), job, images)
+    if job.task.startswith("controlnet"):
+        emb2emb = ctx.pipeline("prior", job.task) if job.task.endswith("img2img") else None
+        emb = run_controlnet_prior(
+            ctx.pipeline("prior"), emb2emb, ctx.pipelines.get("depth"), job, images
+        )
+    else:
+        emb = run_prior(ctx.pipeline("prior", job.task, job.model), job, images)
     ctx.records.add_timing(job_id, "prior", time.perf_counter() - t0)
     emb_key = ctx.embeddings.put(job_id, emb)
     if ctx.records.state(job_id) != JobState.PRIOR:

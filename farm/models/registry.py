@@ -41,6 +41,11 @@ PARTS = {
     "k21_decoder": ("kandinsky-2.1", "KandinskyPipeline", ("KandinskyPipeline",)),
     "k21_inpaint": ("kandinsky-2.1", "KandinskyInpaintPipeline", ("KandinskyInpaintPipeline",)),
     "sd15": ("sd-1.5", "StableDiffusionPipeline", ("StableDiffusionPipeline",)),
+    "controlnet": (
+        "kandinsky-2.2",
+        "KandinskyV22ControlnetPipeline",
+        ("KandinskyV22ControlnetPipeline",),
+    ),
 }
 
 # Hub ids whose class is known without reading their files.
@@ -54,6 +59,7 @@ HUB_IDS = {
     "kandinsky-community/kandinsky-2-1-inpaint": "KandinskyInpaintPipeline",
     "stable-diffusion-v1-5/stable-diffusion-v1-5": "StableDiffusionPipeline",
     "runwayml/stable-diffusion-v1-5": "StableDiffusionPipeline",
+    "kandinsky-community/kandinsky-2-2-controlnet-depth": "KandinskyV22ControlnetPipeline",
 }
 
 
@@ -108,3 +114,24 @@ def load_pipeline(model: str, stage: str, *, device: str = "cpu", dtype: str = "
         ) from e
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def load_depth_estimator(model: str, *, device: str = "cpu"):
+    """transformers' depth-estimation pipeline (ControlNet hints), from a folder or the HF cache.
+
+    Raises:
+        ModelError: when the weights are not there.
+    """
+    from transformers import pipeline
+
+    from farm.models import quiet
+
+    quiet()
+    if not Path(model).is_dir() and (model.startswith(("/", ".", "~")) or model.count("/") != 1):
+        raise ModelError(f"{model}: no such folder (build tiny models with `farm models tiny`)")
+    try:
+        return pipeline("depth-estimation", model=model, device=device)
+    except OSError as e:
+        raise ModelError(
+            f"{model}: depth estimator not found locally ({e.__class__.__name__})"
+        ) from e

@@ -452,3 +452,58 @@ def build_sd15(out: Path) -> Path:
     marker = {"family": "sd-1.5", "tiny": True, "note": "random weights: images are noise"}
     (out / TINY_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
     return out
+
+
+def build_controlnet(out: Path) -> dict[str, Path]:
+    """Build the tiny Kandinsky 2.2 ControlNet (depth) decoder and a tiny DPT depth estimator."""
+    from farm.models import quiet
+
+    quiet()
+    import torch
+    from diffusers import DDPMScheduler, KandinskyV22ControlnetPipeline, UNet2DConditionModel
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    out = Path(out)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        in_channels=8,  # latents + the hint's latents
+        out_channels=8,
+        addition_embed_type="image_hint",
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        encoder_hid_dim=EMBED_DIM,
+        encoder_hid_dim_type="image_proj",
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        resnet_time_scale_shift="scale_shift",
+        class_embed_type=None,
+    )
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="linear", beta_start=0.00085, beta_end=0.012,
+        clip_sample=False, steps_offset=1, prediction_type="epsilon", thresholding=False,
+    )  # fmt: skip
+    controlnet_dir, depth_dir = out / "controlnet", out / "depth"
+    KandinskyV22ControlnetPipeline(unet=unet, scheduler=scheduler, movq=_movq()).save_pretrained(
+        controlnet_dir
+    )
+    torch.manual_seed(0)
+    depth = DPTForDepthEstimation(
+        DPTConfig(
+            image_size=32, patch_size=16, num_channels=3, hidden_size=32, num_hidden_layers=2,
+            backbone_out_indices=[0, 1], num_attention_heads=4, intermediate_size=37,
+            neck_hidden_sizes=[16, 32], fusion_hidden_size=16, reassemble_factors=[4, 2],
+            is_hybrid=False, head_in_index=-1,
+        )
+    ).eval()  # fmt: skip
+    depth.save_pretrained(depth_dir)
+    DPTImageProcessor(
+        size={"height": 32, "width": 32}, keep_aspect_ratio=False, do_resize=True, do_normalize=True,
+        image_mean=[0.5] * 3, image_std=[0.5] * 3,
+    ).save_pretrained(depth_dir)  # fmt: skip
+    marker = {"family": "kandinsky-2.2", "tiny": True, "note": "random weights: images are noise"}
+    for d in (controlnet_dir, depth_dir):
+        (d / TINY_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    return {"controlnet": controlnet_dir, "depth": depth_dir}

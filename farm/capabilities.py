@@ -83,6 +83,20 @@ MODELS: dict[str, ModelInfo] = {
             "*": {"guidance_scale": 3.0, "num_inference_steps": 25, "height": 1024, "width": 1024}
         },
     ),
+    "kandinsky-2.2-auto": ModelInfo(
+        name="kandinsky-2.2-auto",
+        two_stage=False,  # the AutoPipelines run prior and decoder in one call, on the decoder queue
+        size_multiple=64,
+        tasks={
+            "text2img": (None, "KandinskyV22CombinedPipeline"),
+            "img2img": (None, "KandinskyV22Img2ImgCombinedPipeline"),
+            "inpaint": (None, "KandinskyV22InpaintCombinedPipeline"),
+        },
+        weights={
+            "k22_auto": "kandinsky-community/kandinsky-2-2-decoder",
+            "k22_auto_inpaint": "kandinsky-community/kandinsky-2-2-decoder-inpaint",
+        },
+    ),
     "sd-1.5": ModelInfo(
         name="sd-1.5",
         two_stage=False,  # diffusers AutoPipelines: one call on the decoder queue

@@ -200,12 +200,16 @@ class Settings(BaseSettings):
             "k21_decoder": self.k21_decoder_model,
             "k21_inpaint": self.k21_inpaint_model,
             "sd15": self.sd15_model,
+            # The AutoPipelines load the same decoder folders (and the prior their card names).
+            "k22_auto": self.decoder_model,
+            "k22_auto_inpaint": self.inpaint_model,
             "controlnet": self.controlnet_model,
             "depth": self.depth_model,
         }[stage]
         if value == TINY:
             # The tiny 2.1 prior is the tiny 2.2 prior: the same components.
-            return str(self.tiny_dir / ("prior" if stage == "k21_prior" else stage))
+            folder = {"k21_prior": "prior", "k22_auto": "decoder", "k22_auto_inpaint": "inpaint"}
+            return str(self.tiny_dir / folder.get(stage, stage))
         return value
 
     @property

@@ -144,10 +144,16 @@ def run_decoder(
 def run_single(
     pipe, spec: JobSpec, images: dict[str, Image.Image] | None = None
 ) -> list[Image.Image]:
-    """A single-stage model (Kandinsky 3): prompt (+ input image) -> picture."""
+    """A single-stage job (Kandinsky 3, SD, the 2.2 AutoPipelines): prompt (+ inputs) -> pictures."""
     kwargs = {}
     if spec.task == "img2img":
         kwargs = {"image": images[spec.image], "strength": spec.strength}
+    if spec.task == "inpaint":
+        kwargs = {"image": images[spec.image], "mask_image": images[spec.mask]}
+    if spec.model == "kandinsky-2.2-auto":
+        # The combined pipelines run the prior too (on the same generator, as diffusers does).
+        kwargs["prior_guidance_scale"] = spec.prior_guidance_scale
+        kwargs["prior_num_inference_steps"] = spec.prior_num_inference_steps
     out = with_scheduler(pipe, spec.scheduler)(
         prompt=spec.prompt,
         negative_prompt=spec.negative_prompt,

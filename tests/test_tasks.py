@@ -684,3 +684,55 @@ def test_controlnet_inputs_are_checked(alice, init_png):
             }
         )
     assert exc.value.field == "image" and "it is 128x128, the job asks 192x128" in str(exc.value)
+
+
+def test_kandinsky22_autopipelines_single_stage(alice, settings, init_png):
+    """The Image-to-image guide's AutoPipelineFor{Text2Image,Image2Image,Inpainting} with Kandinsky 2.2."""
+    from diffusers import (
+        AutoPipelineForImage2Image,
+        AutoPipelineForInpainting,
+        AutoPipelineForText2Image,
+    )
+
+    t2i = AutoPipelineForText2Image.from_pretrained(settings.tiny_dir / "decoder")
+    inpaint = AutoPipelineForInpainting.from_pretrained(settings.tiny_dir / "inpaint")
+    for p in (t2i, inpaint):
+        p.set_progress_bar_config(disable=True)
+    i2i = AutoPipelineForImage2Image.from_pipe(t2i)
+    auto = {**BASE, "model": "kandinsky-2.2-auto", "negative_prompt": "low quality"}
+    common = {
+        "negative_prompt": "low quality",
+        "prior_num_inference_steps": 2,
+        "num_inference_steps": 3,
+        "height": 128,
+        "width": 128,
+    }
+    farm_px = _farm_pixels(alice, {**auto, "prompt": "a robot"})
+    _same(farm_px, t2i(prompt="a robot", generator=_gen(77), **common).images[0])
+    init = Image.open(io.BytesIO(init_png)).convert("RGB")
+    image_ref = alice.upload(init_png)
+    farm_px = _farm_pixels(
+        alice, {**auto, "task": "img2img", "prompt": "a robot", "image": image_ref, "strength": 0.7}
+    )
+    _same(
+        farm_px,
+        i2i(prompt="a robot", image=init, strength=0.7, generator=_gen(77), **common).images[0],
+    )
+    mask_png = _mask(slice(0, 64), slice(0, 128))
+    farm_px = _farm_pixels(
+        alice,
+        {
+            **auto,
+            "task": "inpaint",
+            "prompt": "a hat",
+            "image": image_ref,
+            "mask": alice.upload(mask_png),
+        },
+    )
+    mask = Image.open(io.BytesIO(mask_png)).convert("L")
+    _same(
+        farm_px,
+        inpaint(prompt="a hat", image=init, mask_image=mask, generator=_gen(77), **common).images[
+            0
+        ],
+    )

@@ -62,6 +62,17 @@ class WorkerContext:
                     "k21_decoder:img2img", "KandinskyImg2ImgPipeline", "k21_decoder"
                 )
             return self.pipelines[part]
+        if model == "kandinsky-2.2-auto":
+            part = "k22_auto_inpaint" if task == "inpaint" else "k22_auto"
+            if part not in self.pipelines:
+                raise ModelError(
+                    f"Kandinsky 2.2 AutoPipelines ({part}) are not loaded on this worker"
+                )
+            if task == "img2img":
+                return self._derived_auto(
+                    "k22_auto:img2img", "AutoPipelineForImage2Image", "k22_auto"
+                )
+            return self.pipelines[part]
         if model == "sd-1.5":
             if "sd15" not in self.pipelines:
                 raise ModelError(
@@ -100,6 +111,16 @@ class WorkerContext:
             return self._derived("decoder:img2img", "KandinskyV22Img2ImgPipeline", "decoder")
         return self.pipelines[stage]
 
+    def _derived_auto(self, name: str, auto_class: str, base: str):
+        """An AutoPipeline of another task over loaded components (from_pipe, no new weights)."""
+        if name not in self.pipelines:
+            import diffusers
+
+            pipe = getattr(diffusers, auto_class).from_pipe(self.pipelines[base])
+            pipe.set_progress_bar_config(disable=True)
+            self.pipelines[name] = pipe
+        return self.pipelines[name]
+
     def _derived(self, name: str, class_name: str, base: str):
         """A pipeline of another class over already loaded components (no new weights)."""
         if name not in self.pipelines:
@@ -124,6 +145,8 @@ class WorkerContext:
                     "k21_inpaint",
                     "sd15",
                     "controlnet",
+                    "k22_auto",
+                    "k22_auto_inpaint",
                 ),
             }
             if stage in extras:

@@ -41,6 +41,13 @@ PARTS = {
     "k21_decoder": ("kandinsky-2.1", "KandinskyPipeline", ("KandinskyPipeline",)),
     "k21_inpaint": ("kandinsky-2.1", "KandinskyInpaintPipeline", ("KandinskyInpaintPipeline",)),
     "sd15": ("sd-1.5", "StableDiffusionPipeline", ("StableDiffusionPipeline",)),
+    # Kandinsky 2.2 through diffusers' AutoPipelines: the combined prior + decoder pipelines.
+    "k22_auto": ("kandinsky-2.2-auto", "AutoPipelineForText2Image", ("KandinskyV22Pipeline",)),
+    "k22_auto_inpaint": (
+        "kandinsky-2.2-auto",
+        "AutoPipelineForInpainting",
+        ("KandinskyV22InpaintPipeline",),
+    ),
     "controlnet": (
         "kandinsky-2.2",
         "KandinskyV22ControlnetPipeline",

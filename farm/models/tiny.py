@@ -211,6 +211,12 @@ def build_k22(out: Path) -> dict[str, Path]:
     marker = {"family": "kandinsky-2.2", "tiny": True, "note": "random weights: images are noise"}
     for d in (prior_dir, decoder_dir, inpaint_dir):
         (d / TINY_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    # A model card naming the prior, as the hub's decoder repos have: diffusers' AutoPipelines
+    # read it to build the combined (prior + decoder) pipelines from a decoder folder.
+    for d in (decoder_dir, inpaint_dir):
+        (d / "README.md").write_text(
+            f"---\nprior:\n- {prior_dir.resolve()}\n---\n", encoding="utf-8"
+        )
     return {"prior": prior_dir, "decoder": decoder_dir, "inpaint": inpaint_dir}
 
 

@@ -111,6 +111,16 @@ MODELS: dict[str, ModelInfo] = {
             "img2img": {"strength": 0.8},
         },
     ),
+    "sdxl-refiner": ModelInfo(
+        name="sdxl-refiner",
+        two_stage=False,
+        size_multiple=8,
+        tasks={"img2img": (None, "StableDiffusionXLImg2ImgPipeline")},
+        weights={"sdxl_refiner": "stabilityai/stable-diffusion-xl-refiner-1.0"},
+        defaults={
+            "*": {"guidance_scale": 5.0, "num_inference_steps": 50, "height": 1024, "width": 1024}
+        },
+    ),
 }
 DEFAULT_MODEL = "kandinsky-2.2"
 

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     k21_inpaint_model: str = Field(
         TINY, description="Kandinsky 2.1 inpainting decoder: hub id, local folder, or 'tiny'."
     )
+    sdxl_refiner_model: str = Field(
+        TINY, description="SDXL refiner (img2img, single stage): hub id, local folder, or 'tiny'."
+    )
     controlnet_model: str = Field(
         TINY, description="Kandinsky 2.2 ControlNet depth decoder: hub id, local folder, or 'tiny'."
     )
@@ -200,6 +203,7 @@ class Settings(BaseSettings):
             "k21_decoder": self.k21_decoder_model,
             "k21_inpaint": self.k21_inpaint_model,
             "sd15": self.sd15_model,
+            "sdxl_refiner": self.sdxl_refiner_model,
             # The AutoPipelines load the same decoder folders (and the prior their card names).
             "k22_auto": self.decoder_model,
             "k22_auto_inpaint": self.inpaint_model,
@@ -227,6 +231,7 @@ class Settings(BaseSettings):
             self.k21_decoder_model,
             self.k21_inpaint_model,
             self.sd15_model,
+            self.sdxl_refiner_model,
             self.controlnet_model,
             self.depth_model,
         )

@@ -141,6 +141,7 @@ class Stack:
             build_k21,
             build_k22,
             build_sd15,
+            build_sdxl_refiner,
             is_tiny,
         )
 
@@ -152,6 +153,8 @@ class Stack:
             build_k21(settings.tiny_dir)
         if not is_tiny(settings.tiny_dir / "sd15"):
             build_sd15(settings.tiny_dir / "sd15")
+        if not is_tiny(settings.tiny_dir / "sdxl_refiner"):
+            build_sdxl_refiner(settings.tiny_dir / "sdxl_refiner")
         if not all(is_tiny(settings.tiny_dir / p) for p in ("controlnet", "depth")):
             build_controlnet(settings.tiny_dir)
 

@@ -154,11 +154,14 @@ def run_single(
         # The combined pipelines run the prior too (on the same generator, as diffusers does).
         kwargs["prior_guidance_scale"] = spec.prior_guidance_scale
         kwargs["prior_num_inference_steps"] = spec.prior_num_inference_steps
+    import inspect
+
+    if "height" in inspect.signature(pipe.__call__).parameters:
+        # img2img pipelines of SD / SDXL / Kandinsky 3 take no size: they render the input's.
+        kwargs.update(height=spec.height, width=spec.width)
     out = with_scheduler(pipe, spec.scheduler)(
         prompt=spec.prompt,
         negative_prompt=spec.negative_prompt,
-        height=spec.height,
-        width=spec.width,
         guidance_scale=spec.guidance_scale,
         num_inference_steps=spec.num_inference_steps,
         generator=generator(spec.seed),

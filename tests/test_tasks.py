@@ -736,3 +736,21 @@ def test_kandinsky22_autopipelines_single_stage(alice, settings, init_png):
             0
         ],
     )
+
+
+def test_sdxl_refiner_img2img_fidelity(alice, settings, init_png):
+    """The Image-to-image guide's SDXL refiner via AutoPipelineForImage2Image, single stage."""
+    from diffusers import AutoPipelineForImage2Image
+
+    refiner = AutoPipelineForImage2Image.from_pretrained(settings.tiny_dir / "sdxl_refiner")
+    refiner.set_progress_bar_config(disable=True)
+    spec = {"model": "sdxl-refiner", "task": "img2img", "prompt": "a cat, detailed", "seed": 3,
+            "image": alice.upload(init_png), "strength": 0.5, "num_inference_steps": 4, "height": 128, "width": 128}  # fmt: skip
+    farm_px = _farm_pixels(alice, spec)
+    init = Image.open(io.BytesIO(init_png)).convert("RGB")
+    ref = refiner(
+        "a cat, detailed", image=init, strength=0.5, num_inference_steps=4, generator=_gen(3)
+    ).images[0]
+    _same(farm_px, ref)
+    with pytest.raises(InvalidJob, match="sdxl-refiner does not support 'text2img'"):
+        alice.submit_job({"model": "sdxl-refiner", "prompt": "x"})

@@ -73,6 +73,12 @@ class WorkerContext:
                     "k22_auto:img2img", "AutoPipelineForImage2Image", "k22_auto"
                 )
             return self.pipelines[part]
+        if model == "sdxl-refiner":
+            if "sdxl_refiner" not in self.pipelines:
+                raise ModelError(
+                    "the SDXL refiner is not loaded on this worker (FARM_SDXL_REFINER_MODEL)"
+                )
+            return self.pipelines["sdxl_refiner"]
         if model == "sd-1.5":
             if "sd15" not in self.pipelines:
                 raise ModelError(
@@ -144,6 +150,7 @@ class WorkerContext:
                     "k21_decoder",
                     "k21_inpaint",
                     "sd15",
+                    "sdxl_refiner",
                     "controlnet",
                     "k22_auto",
                     "k22_auto_inpaint",

@@ -41,6 +41,11 @@ PARTS = {
     "k21_decoder": ("kandinsky-2.1", "KandinskyPipeline", ("KandinskyPipeline",)),
     "k21_inpaint": ("kandinsky-2.1", "KandinskyInpaintPipeline", ("KandinskyInpaintPipeline",)),
     "sd15": ("sd-1.5", "StableDiffusionPipeline", ("StableDiffusionPipeline",)),
+    "sdxl_refiner": (
+        "sdxl-refiner",
+        "AutoPipelineForImage2Image",
+        ("StableDiffusionXLImg2ImgPipeline",),
+    ),
     # Kandinsky 2.2 through diffusers' AutoPipelines: the combined prior + decoder pipelines.
     "k22_auto": ("kandinsky-2.2-auto", "AutoPipelineForText2Image", ("KandinskyV22Pipeline",)),
     "k22_auto_inpaint": (
@@ -66,6 +71,7 @@ HUB_IDS = {
     "kandinsky-community/kandinsky-2-1-inpaint": "KandinskyInpaintPipeline",
     "stable-diffusion-v1-5/stable-diffusion-v1-5": "StableDiffusionPipeline",
     "runwayml/stable-diffusion-v1-5": "StableDiffusionPipeline",
+    "stabilityai/stable-diffusion-xl-refiner-1.0": "StableDiffusionXLImg2ImgPipeline",
     "kandinsky-community/kandinsky-2-2-controlnet-depth": "KandinskyV22ControlnetPipeline",
 }
 

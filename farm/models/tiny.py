@@ -513,3 +513,64 @@ def build_controlnet(out: Path) -> dict[str, Path]:
     for d in (controlnet_dir, depth_dir):
         (d / TINY_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
     return {"controlnet": controlnet_dir, "depth": depth_dir}
+
+
+def build_sdxl_refiner(out: Path) -> Path:
+    """Build and save a tiny SDXL refiner (img2img: second text encoder only, aesthetic score
+    conditioning, AutoencoderKL scale 8, Euler) in ``out``."""
+    from farm.models import quiet
+
+    quiet()
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLImg2ImgPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+    out = Path(out)
+    _write_clip_tokenizer(out / "_tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(out / "_tokenizer")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        # 5 time ids (with the aesthetic score) x 8 + the 32-wide pooled text embedding
+        projection_class_embeddings_input_dim=72, cross_attention_dim=EMBED_DIM, norm_num_groups=8,
+    )  # fmt: skip
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="scaled_linear",
+        timestep_spacing="leading",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 32, 64, 64], in_channels=3, out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+        latent_channels=4, norm_num_groups=8, sample_size=128,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    text_encoder_2 = CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, hidden_size=EMBED_DIM, intermediate_size=37,
+            layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2,
+            vocab_size=len(tokenizer), hidden_act="gelu", projection_dim=EMBED_DIM,
+        )
+    )  # fmt: skip
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer, unet=unet, scheduler=scheduler, requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=True,
+    )  # fmt: skip
+    pipe.save_pretrained(out)
+    for f in sorted((out / "_tokenizer").iterdir()):
+        f.unlink()
+    (out / "_tokenizer").rmdir()
+    marker = {"family": "sdxl-refiner", "tiny": True, "note": "random weights: images are noise"}
+    (out / TINY_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    return out

@@ -15,7 +15,8 @@ from farm.stack import Stack
 
 def _digest(folder):
     h = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+    # README.md is the model card naming the prior by absolute path: it differs by location.
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "README.md"):
         h.update(str(f.relative_to(folder)).encode())
         h.update(f.read_bytes())
     return h.hexdigest()

@@ -146,27 +146,40 @@ def _movq():
     )
 
 
-def _decoder_components(in_channels: int = 4) -> dict:
+def _kandinsky_unet(in_channels: int, addition: str, hid_proj: str):
+    """The tiny Kandinsky 2.x decoder UNet (as diffusers' tests build it), seeded.
+
+    Args:
+        in_channels: 4 latents; 9 for inpainting (+ masked latents + mask); 8 with a hint.
+        addition: addition_embed_type ("image", "image_hint", "text_image").
+        hid_proj: encoder_hid_dim_type ("image_proj", "text_image_proj").
+    """
     import torch
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        in_channels=in_channels,  # 4 latents; 9 for inpainting (+ masked latents + mask)
+    return UNet2DConditionModel(
+        in_channels=in_channels,
         out_channels=8,  # mean and variance
-        addition_embed_type="image",
+        addition_embed_type=addition,
         down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
         up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
         mid_block_type="UNetMidBlock2DSimpleCrossAttn",
         block_out_channels=(32, 64),
         layers_per_block=1,
         encoder_hid_dim=EMBED_DIM,
-        encoder_hid_dim_type="image_proj",
+        encoder_hid_dim_type=hid_proj,
         cross_attention_dim=32,
         attention_head_dim=4,
         resnet_time_scale_shift="scale_shift",
         class_embed_type=None,
     )
+
+
+def _decoder_components(in_channels: int = 4) -> dict:
+    from diffusers import DDPMScheduler
+
+    unet = _kandinsky_unet(in_channels, "image", "image_proj")
     # The real 2.2 decoder ships a DDPM scheduler with these settings.
     scheduler = DDPMScheduler(
         num_train_timesteps=1000,
@@ -325,7 +338,7 @@ def _xlmr_tokenizer():
 
 def _k21_components(in_channels: int) -> dict:
     import torch
-    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler
     from diffusers.pipelines.kandinsky.text_encoder import MCLIPConfig, MultilingualCLIP
 
     tokenizer = _xlmr_tokenizer()
@@ -338,23 +351,7 @@ def _k21_components(in_channels: int) -> dict:
             max_position_embeddings=80,
         )
     ).eval()  # fmt: skip
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        in_channels=in_channels,
-        out_channels=8,
-        addition_embed_type="text_image",
-        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
-        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
-        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        encoder_hid_dim=EMBED_DIM,
-        encoder_hid_dim_type="text_image_proj",
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        resnet_time_scale_shift="scale_shift",
-        class_embed_type=None,
-    )
+    unet = _kandinsky_unet(in_channels, "text_image", "text_image_proj")
     scheduler = DDIMScheduler(  # the 2.1 decoder ships DDIM
         num_train_timesteps=1000,
         beta_schedule="linear",
@@ -466,27 +463,11 @@ def build_controlnet(out: Path) -> dict[str, Path]:
 
     quiet()
     import torch
-    from diffusers import DDPMScheduler, KandinskyV22ControlnetPipeline, UNet2DConditionModel
+    from diffusers import DDPMScheduler, KandinskyV22ControlnetPipeline
     from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 
     out = Path(out)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        in_channels=8,  # latents + the hint's latents
-        out_channels=8,
-        addition_embed_type="image_hint",
-        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
-        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
-        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        encoder_hid_dim=EMBED_DIM,
-        encoder_hid_dim_type="image_proj",
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        resnet_time_scale_shift="scale_shift",
-        class_embed_type=None,
-    )
+    unet = _kandinsky_unet(8, "image_hint", "image_proj")
     scheduler = DDPMScheduler(
         num_train_timesteps=1000, beta_schedule="linear", beta_start=0.00085, beta_end=0.012,
         clip_sample=False, steps_offset=1, prediction_type="epsilon", thresholding=False,

@@ -71,7 +71,7 @@ def main() -> None:
         for i in range(args.n):
             job = JobSpec.parse({**spec, "seed": i})
             t = time.perf_counter()
-            png_bytes(run_decoder(decoder, job, run_prior(prior, job)))
+            png_bytes(run_decoder(decoder, job, run_prior(prior, job))[0])
             base_s.append(time.perf_counter() - t)
     finally:
         if owned:

@@ -26,6 +26,11 @@ def attempts(job_id: str, stage: str) -> str:
     return f"{PREFIX}attempts:{job_id}:{stage}"
 
 
+def worker_loaded(pid: int) -> str:
+    """String: set by a worker (by its main process id) once its pipelines are loaded."""
+    return f"{PREFIX}worker-loaded:{pid}"
+
+
 def children(job_id: str) -> str:
     """Set: jobs waiting for this job's image (chained jobs)."""
     return f"{PREFIX}children:{job_id}"

@@ -254,10 +254,26 @@ class Stack:
                     tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
                     raise StackError(f"{p.name} exited while starting:\n{tail}")
             nodes = (self.read_state() or {}).get("nodes", {})
-            if set(nodes.values()) <= set(worker_queues(settings, timeout=1.0)):
+            if set(nodes.values()) <= set(worker_queues(settings, timeout=1.0)) and self._loaded(
+                settings
+            ):
                 return
             time.sleep(0.3)
         raise StackError(f"workers did not come up within {timeout}s; see {self.dir / 'logs'}")
+
+    def _loaded(self, settings: Settings) -> bool:
+        """Whether every worker of this stack has loaded its pipelines."""
+        import redis
+
+        pids = [p.pid for p in self.procs() if p.name.startswith("worker")]
+        try:
+            client = redis.Redis.from_url(settings.redis_url)
+            try:
+                return all(client.exists(keys.worker_loaded(pid)) for pid in pids)
+            finally:
+                client.close()
+        except redis.RedisError:
+            return False
 
     # -- down / status ----------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ This is a process edge: settings are built here, once, from the environment.
 from __future__ import annotations
 
 import logging
+import os
 
 from celery import signals
 
@@ -42,18 +43,21 @@ def _on_worker_init(sender, **_):
     pool = str(getattr(sender.pool_cls, "__module__", sender.pool_cls))
     if "prefork" not in pool:
         # solo / threads run tasks in this process: load here, before consuming.
-        _init_or_exit()
+        _init_or_exit(os.getpid())
 
 
 @signals.worker_process_init.connect
 def _on_child_init(**_):
     logging.getLogger("farm.worker").setLevel(logging.INFO)
-    _init_or_exit()
+    _init_or_exit(os.getppid())
 
 
-def _init_or_exit() -> None:
+def _init_or_exit(worker_pid: int) -> None:
     try:
-        context.init(settings, app, _stages)
+        ctx = context.init(settings, app, _stages)
+        # Tell `farm up` this worker's pipelines are loaded: its main process answers pings
+        # before a prefork child has finished loading.
+        ctx.redis.set(keys.worker_loaded(worker_pid), "1", ex=86_400)
     except Exception:
         logging.getLogger("farm.worker").exception("farm worker: loading the pipelines failed")
         raise SystemExit(70) from None

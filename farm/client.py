@@ -118,8 +118,17 @@ class Client:
         return CampaignHandle(self, out["campaign_id"], out["job_count"], out["created"])
 
     def upload(self, image) -> str:
-        """Upload an input image (a path, bytes or a PIL image); returns its ``in:...`` reference."""
-        if hasattr(image, "save"):
+        """Upload an input image (a path, bytes, a PIL image, or a 2-D NumPy mask array with 1 =
+        repaint, as the guides build masks); returns its ``in:...`` reference."""
+        if hasattr(image, "ndim") and hasattr(image, "dtype"):
+            import io
+
+            import numpy as np
+
+            buf = io.BytesIO()
+            np.save(buf, image, allow_pickle=False)
+            data = buf.getvalue()
+        elif hasattr(image, "save"):
             import io
 
             buf = io.BytesIO()

@@ -30,6 +30,34 @@ class CheckedImage:
     format: str
 
 
+def array_to_png(data: bytes, field: str = "mask") -> bytes:
+    """A mask sent as a NumPy array (.npy; 2-D, floats in [0, 1] or uint8, 1/255 = repaint) as a
+    greyscale PNG. Read with allow_pickle=False: an object array is refused, never unpickled."""
+    import numpy as np
+
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as e:
+        raise InvalidJob(field, f"not a plain NumPy array: {e}") from None
+    if array.ndim != 2 or array.shape[0] * array.shape[1] > MAX_PIXELS or 0 in array.shape:
+        raise InvalidJob(
+            field, f"a mask array must be 2-D, at most {MAX_PIXELS} values (got {array.shape})"
+        )
+    if array.dtype == np.uint8:
+        grey = array
+    elif array.dtype.kind in "fb":
+        if array.dtype.kind == "f" and (
+            np.isnan(array).any() or array.min() < 0 or array.max() > 1
+        ):
+            raise InvalidJob(field, "float mask values must be within [0, 1]")
+        grey = (array.astype(np.float32) * 255).round().astype(np.uint8)
+    else:
+        raise InvalidJob(field, f"mask dtype {array.dtype} not accepted; use uint8, bool or float")
+    buf = io.BytesIO()
+    Image.fromarray(grey, "L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def check_image(data: bytes, field: str = "image") -> CheckedImage:
     """Validate uploaded bytes as an image.
 

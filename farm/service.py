@@ -121,8 +121,11 @@ class Farm:
 
     def upload_input(self, data: bytes, *, tenant: str = keys.DEFAULT_TENANT) -> dict:
         """Store an input image (checked first); returns its reference for job specs."""
-        from farm.inputs import check_image
+        from farm.inputs import array_to_png, check_image
 
+        if data.startswith(b"\x93NUMPY"):
+            # A mask as an array (the guides build masks with NumPy): stored as its PNG.
+            data = array_to_png(data)
         img = check_image(data)
         key = keys.input_object(self.settings.s3_prefix, tenant, img.ref)
         if self.objects.head(key) is None:

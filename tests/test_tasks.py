@@ -754,3 +754,30 @@ def test_sdxl_refiner_img2img_fidelity(alice, settings, init_png):
     _same(farm_px, ref)
     with pytest.raises(InvalidJob, match="sdxl-refiner does not support 'text2img'"):
         alice.submit_job({"model": "sdxl-refiner", "prompt": "x"})
+
+
+def test_inpainting_mask_as_a_numpy_array(alice, pipes, init_png):
+    """The guides build masks with NumPy (1 = repaint): upload the array, get the guide's picture."""
+    mask = np.zeros((128, 128), dtype=np.float32)
+    mask[:40, 30:-30] = 1
+    spec = {
+        **BASE,
+        "task": "inpaint",
+        "prompt": "a hat",
+        "image": alice.upload(init_png),
+        "mask": alice.upload(mask),
+    }
+    farm_px = _farm_pixels(alice, spec)
+    emb, neg = _prior(pipes, spec)
+    ref = pipes["inpaint"](
+        image=Image.open(io.BytesIO(init_png)).convert("RGB"), mask_image=mask,
+        image_embeds=emb, negative_image_embeds=neg, height=128, width=128,
+        num_inference_steps=3, generator=_gen(77),
+    ).images[0]  # fmt: skip
+    _same(farm_px, ref)
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"x": 1}], dtype=object), allow_pickle=True)  # a pickle inside .npy
+    with pytest.raises(InvalidJob, match="not a plain NumPy array"):
+        alice.upload(buf.getvalue())
+    with pytest.raises(InvalidJob, match=r"within \[0, 1\]"):
+        alice.upload(np.full((8, 8), 2.0, dtype=np.float32))

@@ -11,7 +11,6 @@ HTTP errors become the farm's own exceptions (farm.errors) carrying the server's
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from farm.errors import (
     ServiceUnavailable,
     Unauthorized,
 )
+from farm.progress import wait_for_campaign
 
 ERRORS = {401: Unauthorized, 404: NotFound, 409: Conflict, 503: ServiceUnavailable}
 
@@ -195,31 +195,9 @@ class CampaignHandle:
         Raises:
             TimeoutError: not finished within ``timeout`` seconds.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.job_count, unit="img", desc=f"campaign {self.id[:8]}")
-        try:
-            while True:
-                st = self.status()
-                c = st["counts"]
-                finished = c["done"] + c["failed"] + c["cancelled"]
-                if bar is not None:
-                    bar.update(finished - bar.n)
-                    eta = st.get("eta_s")
-                    bar.set_postfix(
-                        failed=c["failed"], eta=f"{eta:.0f}s" if eta else "?", refresh=False
-                    )
-                if finished >= st["total"]:
-                    return st
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"campaign {self.id}: {c} after {timeout}s")
-                time.sleep(poll_s)
-        finally:
-            if bar is not None:
-                bar.close()
+        return wait_for_campaign(
+            self.id, self.status, self.job_count, timeout=timeout, progress=progress, poll_s=poll_s
+        )
 
     def download(self, folder: str | Path) -> list[Path]:
         """Fetch every done image (through its presigned URL) into ``folder``; returns the files."""

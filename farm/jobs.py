@@ -66,14 +66,7 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = capabilities.DEFAULT_MODEL
-    task: Literal[
-        "text2img",
-        "img2img",
-        "inpaint",
-        "interpolate",
-        "controlnet-depth",
-        "controlnet-depth-img2img",
-    ] = "text2img"
+    task: Literal[capabilities.TASKS] = "text2img"  # the registry's task list, one source
     prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)

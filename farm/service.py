@@ -29,6 +29,7 @@ from farm import capabilities, keys
 from farm.campaigns import CampaignSpec
 from farm.errors import Conflict, InvalidJob, JobFailed, NotFound, ServiceUnavailable
 from farm.jobs import JobRecord, JobSpec, JobState, new_id
+from farm.progress import wait_for_campaign
 from farm.records import ACTIVE, RecordStore
 from farm.settings import Settings
 from farm.storage import ObjectStore
@@ -643,27 +644,15 @@ class Campaign:
         Raises:
             TimeoutError: not finished within ``timeout`` seconds.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(self.job_ids), unit="img", desc=f"campaign {self.id[:8]}")
-        try:
-            while True:
-                counts = self.status()["counts"]
-                finished = counts["done"] + counts["failed"] + counts["cancelled"]
-                if bar is not None:
-                    bar.update(finished - bar.n)
-                    bar.set_postfix(failed=counts["failed"], refresh=False)
-                if finished >= len(self.job_ids):
-                    return self.records()
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"campaign {self.id}: {counts} after {timeout}s")
-                time.sleep(poll_s)
-        finally:
-            if bar is not None:
-                bar.close()
+        wait_for_campaign(
+            self.id,
+            self.status,
+            len(self.job_ids),
+            timeout=timeout,
+            progress=progress,
+            poll_s=poll_s,
+        )
+        return self.records()
 
     def results(self, *, raise_on_failure: bool = False) -> list[JobRecord]:
         recs = self.records()

@@ -31,28 +31,51 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(c) for c in cs]
 
 
-def _write_clip_tokenizer(folder: Path) -> None:
+def _clip_tokenizer():
+    """A CLIP tokenizer over the 256 byte characters (no merges), built in memory."""
     from transformers import CLIPTokenizer
 
-    folder.mkdir(parents=True, exist_ok=True)
     chars = _bytes_to_unicode()
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
     # Special tokens last (highest ids), as in real CLIP: the text encoder pools at the eos id.
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
     # model_max_length must equal PriorTransformer.num_embeddings or padding fails.
-    tok.save_pretrained(folder)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
-def _prior_components(tokenizer_dir: Path) -> dict:
+def _mark(family: str, *folders: Path) -> None:
+    """Write the marker that says a folder holds a tiny random-weight pipeline."""
+    marker = {"family": family, "tiny": True, "note": "random weights: images are noise"}
+    for d in folders:
+        (d / TINY_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+
+
+def _sd_vae(**extra):
+    """A seeded tiny AutoencoderKL with four blocks: the real VAE's scale factor of 8."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        block_out_channels=[32, 32, 64, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        latent_channels=4,
+        norm_num_groups=8,
+        **extra,
+    )
+
+
+def _prior_components() -> dict:
     import torch
     from diffusers import PriorTransformer, UnCLIPScheduler
     from transformers import (
         CLIPTextConfig,
         CLIPTextModelWithProjection,
-        CLIPTokenizer,
         CLIPVisionConfig,
         CLIPVisionModelWithProjection,
     )
@@ -62,7 +85,7 @@ def _prior_components(tokenizer_dir: Path) -> dict:
     except ImportError:  # pragma: no cover - older transformers
         from transformers import CLIPImageProcessor
 
-    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = _clip_tokenizer()
     torch.manual_seed(0)
     text_encoder = CLIPTextModelWithProjection(
         CLIPTextConfig(
@@ -214,16 +237,10 @@ def build_k22(out: Path) -> dict[str, Path]:
 
     out = Path(out)
     prior_dir, decoder_dir, inpaint_dir = out / "prior", out / "decoder", out / "inpaint"
-    _write_clip_tokenizer(out / "_tokenizer")
-    KandinskyV22PriorPipeline(**_prior_components(out / "_tokenizer")).save_pretrained(prior_dir)
+    KandinskyV22PriorPipeline(**_prior_components()).save_pretrained(prior_dir)
     KandinskyV22Pipeline(**_decoder_components()).save_pretrained(decoder_dir)
     KandinskyV22InpaintPipeline(**_decoder_components(in_channels=9)).save_pretrained(inpaint_dir)
-    for f in sorted((out / "_tokenizer").iterdir()):
-        f.unlink()
-    (out / "_tokenizer").rmdir()
-    marker = {"family": "kandinsky-2.2", "tiny": True, "note": "random weights: images are noise"}
-    for d in (prior_dir, decoder_dir, inpaint_dir):
-        (d / TINY_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    _mark("kandinsky-2.2", prior_dir, decoder_dir, inpaint_dir)
     # A model card naming the prior, as the hub's decoder repos have: diffusers' AutoPipelines
     # read it to build the combined (prior + decoder) pipelines from a decoder folder.
     for d in (decoder_dir, inpaint_dir):
@@ -299,8 +316,7 @@ def build_k3(out: Path) -> Path:
         unet=unet, scheduler=scheduler, movq=_movq(), text_encoder=text_encoder, tokenizer=tokenizer
     )
     pipe.save_pretrained(out)
-    marker = {"family": "kandinsky-3", "tiny": True, "note": "random weights: images are noise"}
-    (out / TINY_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    _mark("kandinsky-3", out)
     return out
 
 
@@ -386,9 +402,7 @@ def build_k21(out: Path) -> dict[str, Path]:
     decoder_dir, inpaint_dir = out / "k21_decoder", out / "k21_inpaint"
     KandinskyPipeline(**_k21_components(4)).save_pretrained(decoder_dir)
     KandinskyInpaintPipeline(**_k21_components(9)).save_pretrained(inpaint_dir)
-    marker = {"family": "kandinsky-2.1", "tiny": True, "note": "random weights: images are noise"}
-    for d in (decoder_dir, inpaint_dir):
-        (d / TINY_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    _mark("kandinsky-2.1", decoder_dir, inpaint_dir)
     return {"k21_decoder": decoder_dir, "k21_inpaint": inpaint_dir}
 
 
@@ -400,16 +414,14 @@ def build_sd15(out: Path) -> Path:
     quiet()
     import torch
     from diffusers import (
-        AutoencoderKL,
         PNDMScheduler,
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     out = Path(out)
-    _write_clip_tokenizer(out / "_tokenizer")
-    tokenizer = CLIPTokenizer.from_pretrained(out / "_tokenizer")
+    tokenizer = _clip_tokenizer()
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64),
@@ -422,16 +434,7 @@ def build_sd15(out: Path) -> Path:
         cross_attention_dim=EMBED_DIM,
         norm_num_groups=8,
     )
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 32, 64, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        latent_channels=4,
-        norm_num_groups=8,
-    )
+    vae = _sd_vae()
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
@@ -449,11 +452,7 @@ def build_sd15(out: Path) -> Path:
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
     pipe.save_pretrained(out)
-    for f in sorted((out / "_tokenizer").iterdir()):
-        f.unlink()
-    (out / "_tokenizer").rmdir()
-    marker = {"family": "sd-1.5", "tiny": True, "note": "random weights: images are noise"}
-    (out / TINY_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    _mark("sd-1.5", out)
     return out
 
 
@@ -490,9 +489,7 @@ def build_controlnet(out: Path) -> dict[str, Path]:
         size={"height": 32, "width": 32}, keep_aspect_ratio=False, do_resize=True, do_normalize=True,
         image_mean=[0.5] * 3, image_std=[0.5] * 3,
     ).save_pretrained(depth_dir)  # fmt: skip
-    marker = {"family": "kandinsky-2.2", "tiny": True, "note": "random weights: images are noise"}
-    for d in (controlnet_dir, depth_dir):
-        (d / TINY_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    _mark("kandinsky-2.2", controlnet_dir, depth_dir)
     return {"controlnet": controlnet_dir, "depth": depth_dir}
 
 
@@ -504,16 +501,14 @@ def build_sdxl_refiner(out: Path) -> Path:
     quiet()
     import torch
     from diffusers import (
-        AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionXLImg2ImgPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     out = Path(out)
-    _write_clip_tokenizer(out / "_tokenizer")
-    tokenizer = CLIPTokenizer.from_pretrained(out / "_tokenizer")
+    tokenizer = _clip_tokenizer()
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
@@ -528,12 +523,7 @@ def build_sdxl_refiner(out: Path) -> Path:
         beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="scaled_linear",
         timestep_spacing="leading",
     )  # fmt: skip
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 32, 64, 64], in_channels=3, out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-        latent_channels=4, norm_num_groups=8, sample_size=128,
-    )  # fmt: skip
+    vae = _sd_vae(sample_size=128)
     torch.manual_seed(0)
     text_encoder_2 = CLIPTextModelWithProjection(
         CLIPTextConfig(
@@ -549,9 +539,5 @@ def build_sdxl_refiner(out: Path) -> Path:
         force_zeros_for_empty_prompt=True,
     )  # fmt: skip
     pipe.save_pretrained(out)
-    for f in sorted((out / "_tokenizer").iterdir()):
-        f.unlink()
-    (out / "_tokenizer").rmdir()
-    marker = {"family": "sdxl-refiner", "tiny": True, "note": "random weights: images are noise"}
-    (out / TINY_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    _mark("sdxl-refiner", out)
     return out

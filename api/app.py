@@ -1,7 +1,8 @@
 """The producer HTTP API: a thin FastAPI layer over farm.service.Farm.
 
-Errors map by class: InvalidJob -> 422 (field + message), NotFound -> 404, Unauthorized -> 401,
-Conflict -> 409, ServiceUnavailable (Redis/S3 down) -> 503. Bad input never gives a 500.
+Errors map by the status each class of the farm's error tree declares (``farm.errors``):
+InvalidJob 422 (field + message), NotFound 404, Unauthorized 401, Conflict 409, and 503 when
+Redis, S3, a model or the configuration cannot serve. Bad input never gives a 500.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
-from farm import keys
-from farm.campaigns import CampaignSpec, Grid
+from farm.domain.campaigns import CampaignSpec, Grid
+from farm.domain.jobs import JobState, field_path
 from farm.errors import Conflict, FarmError, InvalidJob, NotFound, ServiceUnavailable, Unauthorized
-from farm.jobs import JobState, field_path
 from farm.settings import Settings
 
 STATUS = {InvalidJob: 422, NotFound: 404, Unauthorized: 401, Conflict: 409, ServiceUnavailable: 503}
@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
 
     @app.exception_handler(FarmError)
     async def _farm_error(request: Request, exc: FarmError):
-        code = next((c for cls, c in STATUS.items() if isinstance(exc, cls)), 500)
+        code = exc.http_status
         body: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
         if isinstance(exc, InvalidJob):
             body["detail"] = [exc.to_dict()]
@@ -114,6 +114,8 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
 
     @app.get("/readyz")
     def readyz() -> JSONResponse:
+        """Ready = Redis and S3 answer. Workers are reported, not required: a fleet may scale to
+        zero, and jobs submitted meanwhile wait for it (their campaigns say so)."""
         checked_at, cached = state["ready"]
         if cached is not None and time.monotonic() - checked_at < 5:
             return cached
@@ -128,24 +130,44 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
             checks["s3"] = True
         except Exception as e:
             checks["s3"] = f"down: {type(e).__name__}"
-        from farm.stack import workers_per_queue
-
-        workers = workers_per_queue(settings, timeout=1.0) if checks["redis"] is True else {}
-        checks["workers"] = {q: workers.get(q, 0) for q in (keys.PRIOR_QUEUE, keys.DECODER_QUEUE)}
-        ok = checks["redis"] is True and checks["s3"] is True and all(checks["workers"].values())
+        if checks["redis"] is True:
+            queues = farm.fleet()["queues"]
+            checks["workers"] = {q["name"]: len(q["workers"]) for q in queues}
+        ok = checks["redis"] is True and checks["s3"] is True
         resp = JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
         state["ready"] = (time.monotonic(), resp)
         return resp
 
+    @app.get("/v1/fleet")
+    def fleet_status(tenant: Tenant) -> dict:
+        """Every queue (depth, the workers that serve it) and every live worker (stage, families,
+        resident parts, memory)."""
+        return get_farm().fleet()
+
+    @app.get("/v1/models")
+    def models(tenant: Tenant) -> dict:
+        """The families this farm accepts, with their tasks, stages and limits."""
+        from farm.families import get
+
+        out = {}
+        for name in settings.enabled_families:
+            family = get(name)
+            out[name] = {
+                "title": family.title,
+                "stages": list(family.stages),
+                "tasks": list(family.tasks),
+                "limits": vars(family.limits),
+                "defaults": family.defaults,
+            }
+        return out
+
     @app.post("/v1/campaigns", status_code=201)
     def submit_campaign(
-        body: CampaignIn,
+        body: CampaignSpec,
         tenant: Tenant,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> Submitted:
-        spec = CampaignSpec.parse(body.model_dump(exclude_unset=True))
-        sub = get_farm().submit_campaign(spec, tenant=tenant, idempotency_key=idempotency_key)
-        return Submitted(campaign_id=sub.campaign_id, job_count=sub.job_count, created=sub.created)
+        return get_farm().submit_campaign(body, tenant=tenant, idempotency_key=idempotency_key)
 
     @app.post("/v1/jobs", status_code=201)
     def submit_job(
@@ -153,15 +175,14 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
         tenant: Tenant,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> Submitted:
-        sub = get_farm().submit_campaign(
+        return get_farm().submit_campaign(
             {"jobs": [body]}, tenant=tenant, idempotency_key=idempotency_key
         )
-        return Submitted(campaign_id=sub.campaign_id, job_count=sub.job_count, created=sub.created)
 
     @app.post("/v1/inputs", status_code=201)
     async def upload_input(request: Request, tenant: Tenant) -> dict:
         """An input image (PNG, JPEG or WebP, raw body) for img2img, inpainting, interpolation."""
-        from farm.inputs import MAX_BYTES
+        from farm.stores.inputs import MAX_BYTES
 
         declared = int(request.headers.get("content-length") or 0)
         if declared > MAX_BYTES:

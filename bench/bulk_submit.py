@@ -23,7 +23,7 @@ import httpx
 import redis
 
 from farm import keys
-from farm.services import free_port, spawn, start_valkey, start_weed, wait_port
+from farm.local.servers import free_port, spawn, start_valkey, start_weed, wait_port
 from farm.settings import Settings
 
 
@@ -48,7 +48,7 @@ def main() -> None:
             s3_secret_key=secret,
             api_tokens=f"bench:{token}",
         )
-        from farm.stack import Stack
+        from farm.local.stack import Stack
 
         Stack(settings)._ensure_bucket(settings)
         env = {

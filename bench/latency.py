@@ -26,8 +26,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     args = ap.parse_args()
 
+    from farm.local.stack import Stack
     from farm.service import Farm
-    from farm.stack import Stack
 
     base = Settings.load()
     owned = not Stack(base).running()
@@ -56,12 +56,14 @@ def main() -> None:
             farm_s.append(time.perf_counter() - t)
             assert rec.state.value == "done", rec.error
 
-        from farm.jobs import JobSpec
-        from farm.models.registry import load_pipeline
+        from farm.domain.jobs import JobSpec
+        from farm.families import get
+        from farm.families.loading import load
         from farm.stages import png_bytes, run_decoder, run_prior
 
-        prior = load_pipeline(settings.model_folder("prior"), "prior")
-        decoder = load_pipeline(settings.model_folder("decoder"), "decoder")
+        k22 = get("kandinsky-2.2")
+        prior = load(k22.part("prior"), settings.location(k22.part("prior")))
+        decoder = load(k22.part("decoder"), settings.location(k22.part("decoder")))
         run_decoder(
             decoder,
             JobSpec.parse({**spec, "seed": 0}),

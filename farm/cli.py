@@ -12,25 +12,37 @@ from farm.settings import Settings
 
 
 def _stack(settings: Settings):
-    from farm.stack import Stack
+    from farm.local.stack import Stack
 
     return Stack(settings)
 
 
-def cmd_up(settings: Settings, args) -> int:
-    from farm.stack import mask
+def _with(settings: Settings, **update) -> Settings:
+    """The settings with some values replaced, validated again."""
+    raw = {k: v for k, v in settings.model_dump().items() if v is not None}
+    return Settings.load(**{**raw, **update})
 
+
+def cmd_up(settings: Settings, args) -> int:
+    from farm.local.stack import mask, parse_workers
+
+    if args.models:
+        # In the local stack the families it accepts are the families its workers serve.
+        settings = _with(settings, models=args.models)
+    workers = parse_workers(args.workers)
     stack = _stack(settings)
     if stack.running():
         print(f"already running (state in {stack.dir})")
         return 0
-    state = stack.up()
+    state = stack.up(workers=workers)
     print(f"redis:  {mask(state['redis_url'])}")
     print(f"s3:     {state['s3_endpoint']}  bucket {state['bucket']}")
     print(f"flower: {state['flower_url']}")
     print(f"api:    {state['api_url']}  (docs: {state['api_url']}/docs)")
     if not settings.api_tokens:
         print(f"token:  {state['token']}  (generated; `farm` commands here pick it up themselves)")
+    print(f"models: {', '.join(state['models'])}")
+    print("workers: " + ", ".join(f"{k}={v}" for k, v in state["worker_counts"].items()))
     print(f"logs:   {stack.dir / 'logs'}")
     return 0
 
@@ -42,7 +54,7 @@ def cmd_down(settings: Settings, args) -> int:
 
 
 def cmd_status(settings: Settings, args) -> int:
-    from farm.stack import mask
+    from farm.local.stack import mask
 
     status = _stack(settings).status()
     if args.json:
@@ -54,14 +66,23 @@ def cmd_status(settings: Settings, args) -> int:
         print(f"s3:      {status['s3_endpoint']}  bucket {status['bucket']}")
         print(f"flower:  {status['flower_url']}")
         print(f"api:     {status['api_url']}")
-        print("workers: " + ", ".join(f"{q}={n}" for q, n in status["workers"].items()))
+        print("queues:")
+        for q in status["queues"]:
+            print(f"  {q['name']:32} depth {q['depth']:>6}  workers {len(q['workers'])}")
+        print("workers:")
+        for w in status["workers"]:
+            mib = (w["rss_bytes"] or 0) / 2**20
+            print(
+                f"  {w['node']:40} {w['stage']:8} {','.join(w['families'])}  "
+                f"resident {','.join(w['resident_parts']) or '-'}  {mib:.0f} MiB"
+            )
         for name, p in status["processes"].items():
             print(f"  {name:15} pid {p['pid']:>7}  {'up' if p['alive'] else 'DOWN'}")
     return 0 if status.get("running") else 3
 
 
 def cmd_demo(settings: Settings, args) -> int:
-    from farm import demo
+    from farm.local import demo
 
     demo.run(
         settings, out_dir=Path(args.out), size=args.size, steps=args.steps, keep_up=args.keep_up
@@ -126,7 +147,7 @@ def cmd_settings(settings: Settings, args) -> int:
 
 
 def cmd_capabilities(settings: Settings, args) -> int:
-    from farm.capabilities import markdown_matrix
+    from farm.families import markdown_matrix
 
     print(markdown_matrix())
     return 0
@@ -193,19 +214,101 @@ def cmd_retry(settings: Settings, args) -> int:
     return 0
 
 
-def cmd_models_tiny(settings: Settings, args) -> int:
-    from farm.models.tiny import build_k22
+def cmd_models(settings: Settings, args) -> int:
+    from farm.local import models
 
-    paths = build_k22(Path(args.out))
-    for stage, path in paths.items():
-        print(f"{stage}: {path}")
-    return 0
+    families = _with(settings, models=args.family).enabled_families if args.family else None
+    families = families or settings.enabled_families
+    if args.models_command == "build":
+        if args.out:
+            settings = _with(settings, state_dir=Path(args.out))
+        for folder in models.build_tiny(settings, families, force=args.force):
+            print(f"built {folder}")
+        return 0
+    if args.models_command == "fetch":
+        for repo in models.fetch(settings, families):
+            print(f"fetched {repo}")
+        return 0
+    rows = models.rows(settings, families)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            state = "ok" if r["ok"] else "MISSING"
+            print(f"{r['family']:20} {r['part']:12} {r['stage']:8} {state:8} {r['location']}")
+            if r["problem"] and args.models_command == "verify":
+                print(f"  {r['problem']}")
+    bad = [r for r in rows if not r["ok"]]
+    return 1 if bad and args.models_command == "verify" else 0
+
+
+def cmd_worker(settings: Settings, args) -> int:
+    """Replace this process with a Celery worker for one stage and some families."""
+    import os
+
+    from farm import fleet
+    from farm.families import get
+
+    settings = settings.with_stack()
+    settings.require_endpoints("redis_url", "s3_endpoint")
+    served = _with(settings, models=args.models).enabled_families if args.models else None
+    served = served or settings.enabled_families
+    families = [f for f in served if args.stage in get(f).stages]
+    if not families:
+        print(f"farm: error: none of {', '.join(served)} has a {args.stage} stage", file=sys.stderr)
+        return 2
+    pool = args.pool or ("solo" if settings.device.startswith("cuda") else "prefork")
+    import secrets
+    import socket
+
+    node = args.name or f"{args.stage}-{secrets.token_hex(3)}@{socket.gethostname()}"
+    argv = fleet.worker_argv(
+        stage=args.stage,
+        families=families,
+        node=node,
+        pool=pool,
+        concurrency=args.concurrency,
+        resident=args.resident if 0 < args.resident < len(families) else 0,
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env.update(settings.worker_env())
+    env.update(
+        FARM_WORKER_STAGE=args.stage,
+        FARM_WORKER_MODELS=",".join(families),
+        FARM_WORKER_RESIDENT=str(args.resident),
+        PYTHONUNBUFFERED="1",
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    if settings.uses_tiny_for(families):
+        env.setdefault("HF_HUB_OFFLINE", "1")
+    print(f"farm worker {node}: {args.stage} for {', '.join(families)}", file=sys.stderr)
+    os.execvpe(sys.executable, [sys.executable, "-m", "celery", "-A", "workers.main", *argv], env)
+    return 0  # not reached
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="farm", description="Kandinsky render farm")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start the local stack (servers, workers, Flower)")
+    u = sub.add_parser("up", help="start the local stack (servers, workers, Flower, API)")
+    u.add_argument(
+        "--models", help="families the stack accepts and its workers serve (default: all)"
+    )
+    u.add_argument(
+        "--workers", help="workers per stage, e.g. prior=1,decoder=2 (default: one each)"
+    )
+    wk = sub.add_parser("worker", help="run a worker for one stage and some families (a fleet's)")
+    wk.add_argument("--stage", required=True, choices=["prior", "decoder"])
+    wk.add_argument("--models", help="families it serves, comma-separated (default: all enabled)")
+    wk.add_argument(
+        "--resident",
+        type=int,
+        default=0,
+        help="families kept loaded at once; the rest load on demand, LRU-evicted (0: all)",
+    )
+    wk.add_argument("--concurrency", type=int, default=1, help="pool processes (default 1)")
+    wk.add_argument("--pool", choices=["prefork", "solo", "threads"], help="default: solo on CUDA")
+    wk.add_argument("--name", help="the worker's node name (default: <stage>-<random>@<host>)")
     sub.add_parser("down", help="stop the local stack")
     st = sub.add_parser("status", help="endpoints and state of the local stack")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -242,10 +345,23 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("capabilities", help="model x task matrix (markdown)")
     up = sub.add_parser("upload", help="upload an input image; prints its in:... reference")
     up.add_argument("file")
-    m = sub.add_parser("models", help="model utilities")
+    m = sub.add_parser(
+        "models", help="every part of the model families: list, verify, build, fetch"
+    )
     msub = m.add_subparsers(dest="models_command", required=True)
-    t = msub.add_parser("tiny", help="build the tiny random-weight pipelines (offline)")
-    t.add_argument("--out", required=True, help="folder to write prior/ and decoder/ into")
+    for name, text in (
+        ("list", "each part: family, stage, where it is, whether it is there"),
+        ("verify", "check every part a worker would load (exit 1 naming what is missing)"),
+        ("build", "build the tiny random-weight parts set to 'tiny' (offline)"),
+        ("fetch", "download the hub weights into the Hugging Face cache (needs hub access)"),
+    ):
+        mp = msub.add_parser(name, help=text)
+        mp.add_argument("family", nargs="?", help="families, comma-separated (default: enabled)")
+        if name in ("list", "verify"):
+            mp.add_argument("--json", action="store_true")
+        if name == "build":
+            mp.add_argument("--out", help="state folder to build under (default FARM_STATE_DIR)")
+            mp.add_argument("--force", action="store_true", help="rebuild what exists")
     return p
 
 
@@ -254,7 +370,8 @@ COMMANDS = {
     "down": cmd_down,
     "status": cmd_status,
     "demo": cmd_demo,
-    "models": cmd_models_tiny,
+    "models": cmd_models,
+    "worker": cmd_worker,
     "settings": cmd_settings,
     "capabilities": cmd_capabilities,
     "upload": cmd_upload,

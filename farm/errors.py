@@ -1,15 +1,16 @@
-"""The farm's one error tree.
+"""The farm's one error tree, with the HTTP status each maps to (``http_status``, read by the API).
 
-    FarmError
-    ├── InvalidJob            bad input; nothing was enqueued
-    ├── ConfigError           settings that cannot work together
-    ├── ModelError            a model id or folder that cannot be loaded
-    ├── NotFound              an unknown job or campaign id (or another tenant's)
-    ├── Unauthorized          a missing or unknown API token
-    ├── Conflict              an Idempotency-Key reused with a different request
-    ├── ServiceUnavailable    Redis or S3 cannot be reached (transient: retry later)
-    ├── StackError            the local stack cannot be started or stopped
-    └── JobFailed             a job ended in failure (carries the worker's error type + message)
+    FarmError                 500
+    ├── InvalidJob            422  bad input; nothing was enqueued
+    ├── NotFound              404  an unknown job or campaign id (or another tenant's)
+    ├── Unauthorized          401  a missing or unknown API token
+    ├── Conflict              409  an Idempotency-Key reused with a different request
+    ├── ServiceUnavailable    503  Redis or S3 cannot be reached (transient: retry later)
+    ├── ConfigError           503  settings that cannot work together (the server cannot serve)
+    ├── ModelError            503  a model part that is missing or cannot be loaded
+    ├── StackError            503  the local stack cannot be started or stopped
+    ├── JobFailed             409  a job ended in failure (carries the worker's error type + message)
+    └── PoisonJob             500  recorded on a job that killed a worker on every delivery
 
 Lower-level errors (redis ``ConnectionError``, botocore ``ClientError``, diffusers' loading errors)
 are mapped to these at the boundary with ``raise ... from e``.
@@ -21,9 +22,13 @@ from __future__ import annotations
 class FarmError(Exception):
     """Base class of every error the farm raises on purpose."""
 
+    http_status = 500
+
 
 class InvalidJob(FarmError):
     """Raised when a job spec breaks a rule; names the field and the limit."""
+
+    http_status = 422
 
     def __init__(self, field: str, message: str, *, index: int | None = None):
         self.field = field
@@ -39,33 +44,49 @@ class InvalidJob(FarmError):
 class ConfigError(FarmError):
     """Raised when settings are missing or contradict each other."""
 
+    http_status = 503
+
 
 class ModelError(FarmError):
     """Raised when a model id or folder cannot be resolved or loaded."""
+
+    http_status = 503
 
 
 class NotFound(FarmError):
     """Raised when a job or campaign id is unknown."""
 
+    http_status = 404
+
 
 class Unauthorized(FarmError):
     """Raised when an API request carries no token or an unknown one."""
+
+    http_status = 401
 
 
 class Conflict(FarmError):
     """Raised when an Idempotency-Key is reused with a different request body."""
 
+    http_status = 409
+
 
 class ServiceUnavailable(FarmError):
     """Raised when Redis or S3 cannot be reached; the operation may succeed later."""
+
+    http_status = 503
 
 
 class StackError(FarmError):
     """Raised when the local stack (embedded servers, workers, Flower) fails to start or stop."""
 
+    http_status = 503
+
 
 class JobFailed(FarmError):
     """Raised when waiting on a job that ended in failure."""
+
+    http_status = 409
 
     def __init__(self, job_id: str, error_type: str, message: str):
         self.job_id = job_id

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 PREFIX = "farm:"
-PRIOR_QUEUE = "prior"
-DECODER_QUEUE = "decoder"
 PRIOR_TASK = "farm.prior"
 DECODER_TASK = "farm.decoder"
 FINALIZE_TASK = "farm.finalize"
@@ -29,6 +27,20 @@ def attempts(job_id: str, stage: str) -> str:
 def worker_loaded(pid: int) -> str:
     """String: set by a worker (by its main process id) once its pipelines are loaded."""
     return f"{PREFIX}worker-loaded:{pid}"
+
+
+WORKERS = f"{PREFIX}workers"  # Set: node names that have written a heartbeat
+
+
+def worker(node: str) -> str:
+    """Hash: a worker's heartbeat (stage, families, queues) and its pool processes' reports
+    (resident parts, loads, memory); expires unless refreshed."""
+    return f"{PREFIX}worker:{node}"
+
+
+def campaign_families(campaign_id: str) -> str:
+    """Set: the model families a campaign's jobs use (to say which queue it waits on)."""
+    return f"{PREFIX}campaign:{campaign_id}:families"
 
 
 def children(job_id: str) -> str:

@@ -11,11 +11,34 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from farm.errors import ConfigError
 
 TINY = "tiny"  # model setting meaning "the tiny random-weight pipelines the farm builds itself"
+
+
+class _PartLocations(PydanticBaseSettingsSource):
+    """``FARM_<PART SETTING>`` variables (``FARM_DECODER_MODEL`` ...) as ``locations``.
+
+    The names come from the family registry, so a newly registered family's parts are settings
+    too, with no field to add here.
+    """
+
+    def get_field_value(self, field, field_name):
+        return None, field_name, False
+
+    def __call__(self) -> dict:
+        import os
+
+        from farm.families import part_settings
+
+        found = {
+            name: os.environ[part.env]
+            for name, part in part_settings().items()
+            if os.environ.get(part.env)
+        }
+        return {"locations": found} if found else {}
 
 
 class Settings(BaseSettings):
@@ -37,42 +60,28 @@ class Settings(BaseSettings):
     s3_secret_key: SecretStr | None = Field(None, description="S3 secret key.")
     s3_region: str = Field("us-east-1", description="S3 region name (most local stores ignore it).")
     s3_prefix: str = Field("renders", description="Key prefix for job outputs in the bucket.")
-    prior_model: str = Field(
-        TINY, description="Prior pipeline: hub id (from the HF cache), local folder, or 'tiny'."
+    models: str | None = Field(
+        None,
+        description="Model families the farm accepts, comma-separated (`farm capabilities`). "
+        "Unset: every family. Jobs for others get a 422 naming the enabled ones.",
     )
-    decoder_model: str = Field(
-        TINY, description="Decoder pipeline: hub id (from the HF cache), local folder, or 'tiny'."
+    worker_models: str | None = Field(
+        None,
+        description="Worker: the families it serves, comma-separated. Unset: every enabled family.",
     )
-    inpaint_model: str = Field(
-        TINY, description="Inpainting decoder: hub id (from the HF cache), local folder, or 'tiny'."
+    worker_stage: Literal["prior", "decoder"] | None = Field(
+        None, description="Worker: the stage it runs. Unset: read from the queues it consumes."
     )
-    k21_prior_model: str = Field(
-        TINY,
-        description="Kandinsky 2.1 prior: hub id (from the HF cache), local folder, or 'tiny'.",
+    worker_resident: int = Field(
+        0,
+        ge=0,
+        description="Worker: families kept loaded at once; others load on demand, the least "
+        "recently used evicted. 0: every served family stays loaded.",
     )
-    k21_decoder_model: str = Field(
-        TINY,
-        description="Kandinsky 2.1 decoder: hub id (from the HF cache), local folder, or 'tiny'.",
-    )
-    k21_inpaint_model: str = Field(
-        TINY, description="Kandinsky 2.1 inpainting decoder: hub id, local folder, or 'tiny'."
-    )
-    sdxl_refiner_model: str = Field(
-        TINY, description="SDXL refiner (img2img, single stage): hub id, local folder, or 'tiny'."
-    )
-    controlnet_model: str = Field(
-        TINY, description="Kandinsky 2.2 ControlNet depth decoder: hub id, local folder, or 'tiny'."
-    )
-    depth_model: str = Field(
-        TINY,
-        description="Depth estimator for ControlNet hints (transformers): hub id, folder, or 'tiny'.",
-    )
-    sd15_model: str = Field(
-        TINY, description="Stable Diffusion 1.5 (single stage): hub id, local folder, or 'tiny'."
-    )
-    kandinsky3_model: str = Field(
-        TINY,
-        description="Kandinsky 3 (single stage): hub id (from the HF cache), local folder, or 'tiny'.",
+    locations: dict[str, str] = Field(
+        default_factory=dict,
+        description="Where each part's weights are, by its setting name; filled from the "
+        "per-part variables below.",
     )
     device: str = Field("cpu", description="Torch device for the pipelines: cpu, cuda, cuda:1 ...")
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
@@ -119,8 +128,29 @@ class Settings(BaseSettings):
         description="Flower port for the local stack (0 or busy: any free port).",
     )
 
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
+        return (init_settings, env_settings, _PartLocations(settings_cls), file_secret_settings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _part_kwargs(cls, data):
+        # Settings(decoder_model=...) in code reads like the variable; file it under locations.
+        if isinstance(data, dict):
+            from farm.families import part_settings
+
+            moved = {k: data[k] for k in part_settings() if k in data}
+            if moved:
+                rest = {k: v for k, v in data.items() if k not in moved}
+                data = {**rest, "locations": {**dict(data.get("locations") or {}), **moved}}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        self._families(self.models, "FARM_MODELS")
+        self._families(self.worker_models, "FARM_WORKER_MODELS")
         if self.task_soft_time_limit_s >= self.task_time_limit_s:
             raise ValueError("task_soft_time_limit_s must be below task_time_limit_s")
         if self.visibility_timeout_s <= self.task_time_limit_s:
@@ -168,8 +198,17 @@ class Settings(BaseSettings):
         """Every setting with its default, as the README's table (`farm settings`)."""
         rows = ["| variable | default | what it is |", "|---|---|---|"]
         for name, field in cls.model_fields.items():
+            if name == "locations":
+                continue
             default = "unset" if field.default is None else f"`{field.default}`"
             rows.append(f"| `FARM_{name.upper()}` | {default} | {field.description} |")
+        from farm.families import part_settings
+
+        for part in part_settings().values():
+            rows.append(
+                f"| `{part.env}` | `tiny` | {part.description}: hub id (`{part.hub_id}`, from the "
+                "HF cache), a local folder, or 'tiny'. |"
+            )
         return "\n".join(rows)
 
     def tenants(self) -> dict[str, str]:
@@ -192,55 +231,60 @@ class Settings(BaseSettings):
             names = ", ".join("FARM_" + n.upper() for n in missing)
             raise ConfigError(f"{names} not set and no local stack is running: run `farm up`")
 
-    def model_folder(self, stage: str) -> str:
-        """The model id or folder for a stage, with 'tiny' resolved to the built folder."""
-        value = {
-            "prior": self.prior_model,
-            "decoder": self.decoder_model,
-            "inpaint": self.inpaint_model,
-            "kandinsky3": self.kandinsky3_model,
-            "k21_prior": self.k21_prior_model,
-            "k21_decoder": self.k21_decoder_model,
-            "k21_inpaint": self.k21_inpaint_model,
-            "sd15": self.sd15_model,
-            "sdxl_refiner": self.sdxl_refiner_model,
-            # The AutoPipelines load the same decoder folders (and the prior their card names).
-            "k22_auto": self.decoder_model,
-            "k22_auto_inpaint": self.inpaint_model,
-            "controlnet": self.controlnet_model,
-            "depth": self.depth_model,
-        }[stage]
-        if value == TINY:
-            # The tiny 2.1 prior is the tiny 2.2 prior: the same components.
-            folder = {"k21_prior": "prior", "k22_auto": "decoder", "k22_auto_inpaint": "inpaint"}
-            return str(self.tiny_dir / folder.get(stage, stage))
-        return value
+    def _families(self, value: str | None, variable: str) -> tuple[str, ...]:
+        from farm.families import REGISTRY
+
+        if not value or value.strip() in ("", "all", "*"):
+            return tuple(REGISTRY)
+        names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+        unknown = [n for n in names if n not in REGISTRY]
+        if unknown:
+            raise ConfigError(
+                f"{variable}: unknown model family {', '.join(unknown)}; known: {', '.join(REGISTRY)}"
+            )
+        return names
+
+    @property
+    def enabled_families(self) -> tuple[str, ...]:
+        """The families this farm accepts jobs for (``FARM_MODELS``)."""
+        return self._families(self.models, "FARM_MODELS")
+
+    @property
+    def served_families(self) -> tuple[str, ...]:
+        """The families a worker serves (``FARM_WORKER_MODELS``, else every enabled one)."""
+        if self.worker_models:
+            return self._families(self.worker_models, "FARM_WORKER_MODELS")
+        return self.enabled_families
+
+    def location(self, part) -> str:
+        """Where a part's weights are: its setting's value, with 'tiny' as the built folder."""
+        value = self.locations.get(part.setting, TINY)
+        return str(self.tiny_dir / part.tiny) if value == TINY else value
+
+    def is_tiny_location(self, part) -> bool:
+        return self.locations.get(part.setting, TINY) == TINY
 
     @property
     def tiny_dir(self) -> Path:
-        return self.state_dir.resolve() / "models" / "tiny-k22"
+        return self.state_dir.resolve() / "models" / "tiny"
+
+    def uses_tiny_for(self, families) -> bool:
+        from farm.families import get
+
+        return any(self.is_tiny_location(p) for f in families for p in get(f).parts)
 
     @property
     def uses_tiny(self) -> bool:
-        return TINY in (
-            self.prior_model,
-            self.decoder_model,
-            self.inpaint_model,
-            self.kandinsky3_model,
-            self.k21_prior_model,
-            self.k21_decoder_model,
-            self.k21_inpaint_model,
-            self.sd15_model,
-            self.sdxl_refiner_model,
-            self.controlnet_model,
-            self.depth_model,
-        )
+        return self.uses_tiny_for(self.enabled_families)
 
     def worker_env(self) -> dict[str, str]:
         """Environment that hands these exact settings to a child process (a worker, Flower)."""
         env = {}
         for name, value in self.model_dump().items():
             if value is None:
+                continue
+            if name == "locations":
+                env.update({"FARM_" + k.upper(): v for k, v in value.items()})
                 continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()

@@ -13,8 +13,8 @@ import json
 import torch
 from PIL import Image, PngImagePlugin
 
-from farm.embeddings import Embeddings
-from farm.jobs import JobSpec
+from farm.domain.jobs import JobSpec
+from farm.stores.embeddings import Embeddings
 
 SCHEDULERS = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler"}
 
@@ -68,12 +68,11 @@ def make_hint(depth: Image.Image) -> torch.Tensor:
     return (torch.from_numpy(array).float() / 255.0).permute(2, 0, 1).unsqueeze(0)
 
 
-def run_controlnet_prior(
-    prior, emb2emb, depth, spec: JobSpec, images: dict[str, Image.Image]
-) -> Embeddings:
+def run_controlnet_prior(pipe, depth, spec: JobSpec, images: dict[str, Image.Image]) -> Embeddings:
     """ControlNet jobs on the prior worker: embeddings (text, or image+text for img2img) + hint.
 
-    The depth hint is estimated here (transformers' depth-estimation pipeline) unless the job
+    ``pipe`` is the prior for ``controlnet-depth`` and the Emb2Emb prior for the img2img variant
+    (the family's task table says which). The depth hint is estimated here (transformers' depth-estimation pipeline) unless the job
     brought its own; it travels to the decoder inside the stored safetensors blob.
     """
     if spec.hint is not None:
@@ -81,7 +80,7 @@ def run_controlnet_prior(
     else:
         hint = make_hint(depth(images[spec.image])["depth"])
     if spec.task == "controlnet-depth":
-        emb = run_prior(prior, spec)
+        emb = run_prior(pipe, spec)
         return Embeddings(emb.image_embeds, emb.negative_image_embeds, hint)
     # img2img, as the guide: one generator for both Emb2Emb calls; the negative side from the
     # negative prompt at strength 1.
@@ -93,8 +92,8 @@ def run_controlnet_prior(
         "guidance_scale": spec.prior_guidance_scale,
         "num_images_per_prompt": spec.num_images_per_prompt,
     }
-    img_emb = emb2emb(prompt=spec.prompt, strength=spec.prior_strength, **common)
-    neg_emb = emb2emb(prompt=spec.negative_prompt or "", strength=1.0, **common)
+    img_emb = pipe(prompt=spec.prompt, strength=spec.prior_strength, **common)
+    neg_emb = pipe(prompt=spec.negative_prompt or "", strength=1.0, **common)
     return Embeddings(img_emb.image_embeds, neg_emb.image_embeds, hint)
 
 
@@ -111,7 +110,7 @@ def run_decoder(
     device, dtype = pipe.device, pipe.dtype
     kwargs = {}
     n = emb.image_embeds.shape[0]
-    if spec.model == "kandinsky-2.1":
+    if _takes(pipe, "prompt"):
         # The 2.1 decoder has its own multilingual text encoder: it reads the prompt too.
         # One prompt per embedding row, like the images and masks below.
         kwargs["prompt"] = spec.prompt if n == 1 else [spec.prompt] * n
@@ -150,13 +149,11 @@ def run_single(
         kwargs = {"image": images[spec.image], "strength": spec.strength}
     if spec.task == "inpaint":
         kwargs = {"image": images[spec.image], "mask_image": images[spec.mask]}
-    if spec.model == "kandinsky-2.2-auto":
+    if _takes(pipe, "prior_guidance_scale"):
         # The combined pipelines run the prior too (on the same generator, as diffusers does).
         kwargs["prior_guidance_scale"] = spec.prior_guidance_scale
         kwargs["prior_num_inference_steps"] = spec.prior_num_inference_steps
-    import inspect
-
-    if "height" in inspect.signature(pipe.__call__).parameters:
+    if _takes(pipe, "height"):
         # img2img pipelines of SD / SDXL / Kandinsky 3 take no size: they render the input's.
         kwargs.update(height=spec.height, width=spec.width)
     out = with_scheduler(pipe, spec.scheduler)(
@@ -169,6 +166,13 @@ def run_single(
         **kwargs,
     )
     return out.images
+
+
+def _takes(pipe, name: str) -> bool:
+    """Whether the pipeline's call takes ``name`` (the pipelines, not the farm, say what they read)."""
+    import inspect
+
+    return name in inspect.signature(pipe.__call__).parameters
 
 
 def png_bytes(image: Image.Image, parameters: dict | None = None) -> bytes:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from farm.services import free_port, start_valkey, start_weed
+from farm.local.servers import free_port, start_valkey, start_weed
 from farm.settings import Settings
 
 
@@ -61,10 +61,10 @@ def settings(valkey, seaweed, tmp_path_factory) -> Settings:
 
 @pytest.fixture(scope="session")
 def object_store(settings):
-    from farm.stack import Stack
+    from farm.local.stack import Stack
 
     Stack(settings)._ensure_bucket(settings)
-    from farm.storage import ObjectStore
+    from farm.stores.objects import ObjectStore
 
     return ObjectStore.from_settings(settings)
 
@@ -79,7 +79,7 @@ def redis_client(valkey):
 @pytest.fixture(scope="session")
 def stack(settings, object_store):
     """Real prior and decoder workers (and Flower) against the session's servers."""
-    from farm.stack import Stack
+    from farm.local.stack import Stack
 
     st = Stack(settings)
     st.up(timeout=180)

@@ -222,9 +222,9 @@ def test_retry_failed(alice, farm, redis_client):
     handle.wait(timeout=60)
     (job,) = handle.results()
     # Make it look failed (as after an error), then retry it through the API.
-    from farm.jobs import JobState
+    from farm.domain.jobs import JobState
 
-    farm.records.move(
+    farm.stores.records.move(
         job["job_id"],
         handle.id,
         JobState.FAILED,

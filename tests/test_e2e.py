@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from farm import keys
+from farm.domain.jobs import JobState
 from farm.errors import InvalidJob
-from farm.jobs import JobState
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +117,7 @@ def test_lost_embeddings_are_recomputed(farm, redis_client, stack):
     job_id = campaign.job_ids[0]
     campaign.wait(timeout=60)
     # Replay the decoder message for a job whose embeddings expired (state reset as after a crash).
-    farm.records.move(job_id, campaign.id, JobState.DECODING, tuple(JobState))
+    farm.stores.records.move(job_id, campaign.id, JobState.DECODING, tuple(JobState))
     redis_client.delete(keys.attempts(job_id, "decoder"), keys.attempts(job_id, "prior"))
     farm.app.send_task(
         keys.DECODER_TASK,
@@ -190,7 +190,7 @@ def test_failure_is_recorded_with_type_and_message(farm, redis_client):
     campaign = farm.submit([{"prompt": "boom", "seed": 1, "height": 64, "width": 64, **FAST}])
     job_id = campaign.job_ids[0]
     campaign.wait(timeout=60)
-    farm.records.move(job_id, campaign.id, JobState.QUEUED, tuple(JobState))
+    farm.stores.records.move(job_id, campaign.id, JobState.QUEUED, tuple(JobState))
     redis_client.delete(keys.attempts(job_id, "prior"))
     # A spec the worker cannot parse (bypassing submission's validation) fails in the task.
     farm.app.send_task(

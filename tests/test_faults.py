@@ -13,9 +13,9 @@ import redis
 
 from farm.client import Client
 from farm.errors import ServiceUnavailable
-from farm.services import free_port, start_valkey
+from farm.local.servers import free_port, start_valkey
+from farm.local.stack import Stack
 from farm.settings import Settings
-from farm.stack import Stack
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def own_stack(seaweed, tmp_path_factory):
 
 def test_resume_after_redis_flushed_completely(own_stack):
     settings, stack, token = own_stack
-    from farm.storage import ObjectStore
+    from farm.stores.objects import ObjectStore
 
     objects = ObjectStore.from_settings(settings)
     r = redis.Redis.from_url(settings.redis_url)
@@ -128,7 +128,7 @@ def test_worker_killed_mid_decode_job_still_finishes_once(own_stack):
     import signal
 
     settings, stack, token = own_stack
-    from farm.storage import ObjectStore
+    from farm.stores.objects import ObjectStore
 
     decoder = next(p for p in stack.procs() if p.name == "worker-decoder")
     slow = {**SLOW, "num_inference_steps": 60, "height": 192, "width": 192}

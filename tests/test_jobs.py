@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from farm.campaigns import CampaignSpec
+from farm.domain.campaigns import CampaignSpec
+from farm.domain.jobs import JobSpec, JobState
 from farm.errors import InvalidJob
-from farm.jobs import JobSpec, JobState
 
 
 def validate(jobs):
@@ -225,7 +225,6 @@ def test_defaults_match_each_pipelines_own_signature():
     import inspect
 
     import diffusers
-
     from farm.capabilities import MODELS
 
     for model, info in MODELS.items():

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-
-from farm.errors import ModelError
 from farm.models.registry import load_pipeline, resolve
 from farm.models.tiny import build_k22, is_tiny
+
+from farm.errors import ModelError
+from farm.local.stack import Stack
 from farm.settings import Settings
-from farm.stack import Stack
 
 
 def _digest(folder):
@@ -88,7 +88,7 @@ def test_decoder_on_cuda_matches_shape(tiny):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    from farm.jobs import JobSpec
+    from farm.domain.jobs import JobSpec
     from farm.stages import run_decoder, run_prior
 
     prior = load_pipeline(str(tiny["prior"]), "prior", device="cuda")

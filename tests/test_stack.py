@@ -139,7 +139,7 @@ def test_cli_campaign_commands(stack, api_url, tokens, tmp_path):
 def test_worker_with_missing_model_refuses_to_start(settings, tmp_path):
     """A worker that cannot load its pipelines never takes a job: `up` fails, naming the model."""
     from farm.errors import StackError
-    from farm.stack import Stack
+    from farm.local.stack import Stack
 
     broken = settings.model_copy(
         update={"state_dir": tmp_path, "prior_model": str(tmp_path / "no-such-model")}

@@ -7,9 +7,9 @@ import redis
 import torch
 
 from farm import keys
-from farm.embeddings import Embeddings, EmbeddingStore
 from farm.errors import NotFound, ServiceUnavailable
-from farm.storage import ObjectStore
+from farm.stores.embeddings import Embeddings, EmbeddingStore
+from farm.stores.objects import ObjectStore
 
 
 def test_embeddings_round_trip_with_ttl(redis_client):
@@ -66,7 +66,7 @@ def test_s3_missing_is_not_found(object_store):
 
 
 def test_s3_down_is_service_unavailable(settings):
-    from farm.storage import s3_client
+    from farm.stores.objects import s3_client
 
     dead = ObjectStore(
         s3_client(settings.model_copy(update={"s3_endpoint": "http://127.0.0.1:1"})), "x"

@@ -5,8 +5,15 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
-from farm import keys
+from farm import fleet
 from farm.settings import Settings
+
+
+def route(name, args, kwargs, options, task=None, **_):
+    """Celery router: a job goes to its stage's queue of its family (``decoder.kandinsky-3``)."""
+    if not name.startswith("farm."):
+        return None
+    return {"queue": fleet.route(name, kwargs)}
 
 
 def celery_config(settings: Settings) -> dict:
@@ -23,14 +30,11 @@ def celery_config(settings: Settings) -> dict:
         "accept_content": ["json"],
         "event_serializer": "json",
         "result_accept_content": ["json"],
-        "task_queues": [Queue(keys.PRIOR_QUEUE), Queue(keys.DECODER_QUEUE)],
-        "task_default_queue": keys.PRIOR_QUEUE,
-        "task_routes": {
-            keys.PRIOR_TASK: {"queue": keys.PRIOR_QUEUE},
-            keys.DECODER_TASK: {"queue": keys.DECODER_QUEUE},
-            # Light work (JSONL + thumbnails): the prior workers' queue, not the GPUs'.
-            keys.FINALIZE_TASK: {"queue": keys.PRIOR_QUEUE},
-        },
+        # One queue per stage and enabled family, and "finalize" (light work every worker
+        # takes). Flower lists these; a worker consumes only those of the families it serves.
+        "task_queues": [Queue(q) for q in fleet.all_queues(settings.enabled_families)],
+        "task_default_queue": fleet.FINALIZE_QUEUE,
+        "task_routes": (route,),
         # Ack after the task ran; a crashed or killed worker's task is delivered again.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,

@@ -1,22 +1,135 @@
 """What a worker process builds once and hands to every task: clients, stores, pipelines.
 
-Pipelines load when the worker process starts (solo/threads pools: in the worker itself;
-prefork: in each child after the fork), never on the first job: a lazy load made the first job
-take 13-16 s, and CUDA cannot be initialised before a fork.
+A worker runs one stage for a set of families. The parts of its resident families load when the
+process starts (solo/threads pools: in the worker itself; prefork: in each child after the fork),
+never on the first job: a lazy load made the first job take 13-16 s, and CUDA cannot be
+initialised before a fork. A worker that serves more families than it keeps (``--resident``)
+loads the others on demand and evicts the least recently used (``Models``).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import redis
 from celery import Celery
 
+from farm import fleet
+from farm.errors import ModelError
+from farm.families import get
 from farm.settings import Settings
 
 log = logging.getLogger("farm.worker")
+
+
+def rss_bytes() -> int:
+    """This process's resident set size."""
+    try:
+        pages = int(open("/proc/self/statm").read().split()[1])  # noqa: SIM115 - one read
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def cuda_allocated_bytes() -> int | None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return int(torch.cuda.memory_allocated())
+
+
+class Models:
+    """The parts this process holds for one stage: at most ``capacity`` families, LRU-evicted.
+
+    Every pipeline a task runs is derived from a loaded part (``loading.derive``): img2img over
+    the text-to-image weights, AutoPipelines with ``from_pipe``. Never new weights per job.
+    """
+
+    def __init__(self, settings: Settings, stage: str, families, capacity: int = 0):
+        self.settings = settings
+        self.stage = stage
+        self.families = tuple(families)
+        self.capacity = capacity or len(self.families)
+        self.loaded: OrderedDict[str, dict[str, object]] = OrderedDict()
+        self.derived: dict[tuple[str, str, str], object] = {}
+        self.loads = 0
+        self.evictions = 0
+
+    def parts(self, family: str) -> dict[str, object]:
+        """The family's parts for this stage, loading them (and evicting) if needed."""
+        if family not in self.families:
+            raise ModelError(
+                f"this {self.stage} worker does not serve {family}; it serves "
+                f"{', '.join(self.families)}"
+            )
+        if family in self.loaded:
+            self.loaded.move_to_end(family)
+            return self.loaded[family]
+        while len(self.loaded) >= self.capacity:
+            self.evict(next(iter(self.loaded)))
+        from farm.families.loading import load
+        from farm.families.tiny import is_tiny
+
+        parts = {}
+        for part in get(family).parts_for(self.stage):
+            location = self.settings.location(part)
+            t0 = time.perf_counter()
+            parts[part.name] = load(
+                part, location, device=self.settings.device, dtype=self.settings.dtype
+            )
+            tiny = " (tiny random weights: images are noise)" if is_tiny(location) else ""
+            log.info(
+                "loaded %s/%s from %s in %.2fs%s",
+                family,
+                part.name,
+                location,
+                time.perf_counter() - t0,
+                tiny,
+            )
+        self.loaded[family] = parts
+        self.loads += 1
+        return parts
+
+    def evict(self, family: str) -> None:
+        """Drop a family's parts and everything derived from them; free their memory."""
+        self.loaded.pop(family, None)
+        for k in [k for k in self.derived if k[0] == family]:
+            del self.derived[k]
+        self.evictions += 1
+        gc.collect()
+        import sys
+
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        log.info("evicted %s", family)
+
+    def pipeline(self, family: str, task: str):
+        """The pipeline ``task`` runs on this stage for ``family``, as the family declares it."""
+        spec = get(family)
+        pipe = spec.pipe(task, self.stage)
+        key = (family, pipe.part, pipe.cls)
+        parts = self.parts(family)
+        if key not in self.derived:
+            from farm.families.loading import derive
+
+            self.derived[key] = derive(parts[pipe.part], spec.part(pipe.part), pipe.cls)
+        return self.derived[key]
+
+    def helper(self, family: str, name: str):
+        """Another part of the family used on this stage (the depth estimator)."""
+        return self.parts(family)[name]
+
+    def resident_parts(self) -> list[str]:
+        return [f"{family}/{name}" for family, parts in self.loaded.items() for name in parts]
 
 
 @dataclass
@@ -24,175 +137,75 @@ class WorkerContext:
     settings: Settings
     app: Celery
     redis: redis.Redis
-    stages: tuple[str, ...]
-    pipelines: dict[str, object] = field(default_factory=dict)
+    stage: str
+    models: Models
+    node: str = ""
+    _objects: object = field(default=None, repr=False)
 
-    @property
+    @cached_property
     def embeddings(self):
-        from farm.embeddings import EmbeddingStore
+        from farm.stores.embeddings import EmbeddingStore
 
         return EmbeddingStore(self.redis, self.settings.embedding_ttl_s)
 
-    @property
+    @cached_property
     def records(self):
-        from farm.records import RecordStore
+        from farm.stores.records import RecordStore
 
         return RecordStore(self.redis, self.settings.record_ttl_s)
 
     @property
     def objects(self):
-        if "objects" not in self.pipelines:
-            from farm.storage import ObjectStore
+        if self._objects is None:
+            from farm.stores.objects import ObjectStore
 
-            self.pipelines["objects"] = ObjectStore.from_settings(self.settings)
-        return self.pipelines["objects"]
+            self._objects = ObjectStore.from_settings(self.settings)
+        return self._objects
 
-    def pipeline(self, stage: str, task: str = "text2img", model: str = "kandinsky-2.2"):
-        """The loaded pipeline for a stage and task (img2img shares the text2img weights)."""
-        from farm.errors import ModelError
-
-        if model == "kandinsky-2.1":
-            part = {"prior": "k21_prior", "inpaint": "k21_inpaint"}.get(
-                "prior" if stage == "prior" else task, "k21_decoder"
-            )
-            if part not in self.pipelines:
-                raise ModelError(f"Kandinsky 2.1 ({part}) is not loaded on this worker")
-            if stage == "decoder" and task == "img2img":
-                return self._derived(
-                    "k21_decoder:img2img", "KandinskyImg2ImgPipeline", "k21_decoder"
-                )
-            return self.pipelines[part]
-        if model == "kandinsky-2.2-auto":
-            part = "k22_auto_inpaint" if task == "inpaint" else "k22_auto"
-            if part not in self.pipelines:
-                raise ModelError(
-                    f"Kandinsky 2.2 AutoPipelines ({part}) are not loaded on this worker"
-                )
-            if task == "img2img":
-                return self._derived_auto(
-                    "k22_auto:img2img", "AutoPipelineForImage2Image", "k22_auto"
-                )
-            return self.pipelines[part]
-        if model == "sdxl-refiner":
-            if "sdxl_refiner" not in self.pipelines:
-                raise ModelError(
-                    "the SDXL refiner is not loaded on this worker (FARM_SDXL_REFINER_MODEL)"
-                )
-            return self.pipelines["sdxl_refiner"]
-        if model == "sd-1.5":
-            if "sd15" not in self.pipelines:
-                raise ModelError(
-                    "Stable Diffusion 1.5 is not loaded on this worker (FARM_SD15_MODEL)"
-                )
-            if task == "img2img":
-                return self._derived("sd15:img2img", "StableDiffusionImg2ImgPipeline", "sd15")
-            return self.pipelines["sd15"]
-        if model == "kandinsky-3":
-            if "kandinsky3" not in self.pipelines:
-                raise ModelError("Kandinsky 3 is not loaded on this worker (FARM_KANDINSKY3_MODEL)")
-            if task == "img2img":
-                return self._derived(
-                    "kandinsky3:img2img", "Kandinsky3Img2ImgPipeline", "kandinsky3"
-                )
-            return self.pipelines["kandinsky3"]
-        if stage == "prior" and task == "controlnet-depth-img2img":
-            return self._derived("prior:emb2emb", "KandinskyV22PriorEmb2EmbPipeline", "prior")
-        if stage == "decoder" and task.startswith("controlnet"):
-            if "controlnet" not in self.pipelines:
-                raise ModelError(
-                    "no ControlNet model is loaded on this worker (FARM_CONTROLNET_MODEL)"
-                )
-            if task.endswith("img2img"):
-                return self._derived(
-                    "controlnet:img2img", "KandinskyV22ControlnetImg2ImgPipeline", "controlnet"
-                )
-            return self.pipelines["controlnet"]
-        if stage == "decoder" and task == "inpaint":
-            if "inpaint" not in self.pipelines:
-                raise ModelError(
-                    "no inpainting model is loaded on this worker (FARM_INPAINT_MODEL)"
-                )
-            return self.pipelines["inpaint"]
-        if stage == "decoder" and task == "img2img":
-            return self._derived("decoder:img2img", "KandinskyV22Img2ImgPipeline", "decoder")
-        return self.pipelines[stage]
-
-    def _derived_auto(self, name: str, auto_class: str, base: str):
-        """An AutoPipeline of another task over loaded components (from_pipe, no new weights)."""
-        if name not in self.pipelines:
-            import diffusers
-
-            pipe = getattr(diffusers, auto_class).from_pipe(self.pipelines[base])
-            pipe.set_progress_bar_config(disable=True)
-            self.pipelines[name] = pipe
-        return self.pipelines[name]
-
-    def _derived(self, name: str, class_name: str, base: str):
-        """A pipeline of another class over already loaded components (no new weights)."""
-        if name not in self.pipelines:
-            import diffusers
-
-            pipe = getattr(diffusers, class_name)(**self.pipelines[base].components)
-            pipe.set_progress_bar_config(disable=True)
-            self.pipelines[name] = pipe
-        return self.pipelines[name]
-
-    def load(self) -> None:
-        from farm.errors import ModelError
-
-        for stage in self.stages:
-            self._load(stage, stage)
-            extras = {
-                "prior": ("k21_prior", "depth"),
-                "decoder": (
-                    "inpaint",
-                    "kandinsky3",
-                    "k21_decoder",
-                    "k21_inpaint",
-                    "sd15",
-                    "sdxl_refiner",
-                    "controlnet",
-                    "k22_auto",
-                    "k22_auto_inpaint",
-                ),
-            }
-            if stage in extras:
-                for extra in extras[stage]:
-                    try:
-                        self._load(extra, extra)
-                    except ModelError as e:
-                        # The decoder still serves the rest; these jobs fail with a clear error.
-                        log.warning("%s unavailable on this worker: %s", extra, e)
-
-    def _load(self, name: str, stage: str) -> None:
-        from farm.models.registry import load_depth_estimator, load_pipeline
-        from farm.models.tiny import is_tiny
-
-        model = self.settings.model_folder(stage)
-        t0 = time.perf_counter()
-        if stage == "depth":
-            self.pipelines[name] = load_depth_estimator(model, device=self.settings.device)
-        else:
-            self.pipelines[name] = load_pipeline(
-                model, stage, device=self.settings.device, dtype=self.settings.dtype
-            )
-        tiny = " (tiny random weights: images are noise)" if is_tiny(model) else ""
-        log.info("loaded %s model %s in %.2fs%s", name, model, time.perf_counter() - t0, tiny)
+    def report(self) -> None:
+        """Tell the fleet what this process holds (``farm status`` reads it)."""
+        if not self.node:
+            return
+        report = {
+            "pid": os.getpid(),
+            "resident": self.models.resident_parts(),
+            "loads": self.models.loads,
+            "evictions": self.models.evictions,
+            "rss_bytes": rss_bytes(),
+            "cuda_allocated_bytes": cuda_allocated_bytes(),
+        }
+        try:
+            fleet.write_heartbeat(self.redis, self.node, {f"proc.{os.getpid()}": report})
+        except redis.RedisError as e:  # status is best effort; the job is what matters
+            log.warning("could not report worker state: %s", e)
 
 
 _current: WorkerContext | None = None
 
 
-def init(settings: Settings, app: Celery, stages: tuple[str, ...]) -> WorkerContext:
-    """Build this process's context and load its pipelines."""
+def init(
+    settings: Settings,
+    app: Celery,
+    stage: str,
+    families,
+    *,
+    resident: int = 0,
+    preload=(),
+    node: str = "",
+) -> WorkerContext:
+    """Build this process's context and load the parts of its first resident families."""
     global _current
     ctx = WorkerContext(
         settings=settings,
         app=app,
         redis=redis.Redis.from_url(settings.redis_url, health_check_interval=30),
-        stages=stages,
+        stage=stage,
+        models=Models(settings, stage, families, resident),
+        node=node,
     )
-    ctx.load()
+    for family in preload or families:
+        ctx.models.parts(family)
+    ctx.report()
     _current = ctx
     return ctx
 

@@ -11,11 +11,11 @@ import json
 import logging
 import time
 
-from farm import capabilities, keys
+from farm import keys
+from farm.chains import release_children
+from farm.domain.jobs import JobSpec, JobState
 from farm.errors import PoisonJob
-from farm.jobs import JobSpec, JobState
-from farm.records import ACTIVE
-from farm.service import release_children
+from farm.families import get
 from farm.stages import (
     png_bytes,
     run_controlnet_prior,
@@ -23,6 +23,7 @@ from farm.stages import (
     run_prior,
     run_single,
 )
+from farm.stores.records import ACTIVE
 from workers.context import WorkerContext
 
 log = logging.getLogger("farm.worker")
@@ -72,7 +73,7 @@ def fail(ctx: WorkerContext, job_id: str, campaign_id: str, exc: BaseException) 
 
 def _images(ctx: WorkerContext, job: JobSpec, inputs: dict[str, str], stage: str) -> dict:
     """Fetch and decode the inputs this stage reads (masks as greyscale)."""
-    from farm.inputs import load
+    from farm.stores.inputs import load
 
     if stage == "prior":
         refs = [i.image for i in job.interpolate or () if i.image]
@@ -107,13 +108,13 @@ def prior(
     job = JobSpec.model_validate(spec)
     images = _images(ctx, job, inputs or {}, "prior")
     t0 = time.perf_counter()
+    pipe = ctx.models.pipeline(job.model, job.task)
+    helpers = get(job.model).tasks[job.task].helpers
     if job.task.startswith("controlnet"):
-        emb2emb = ctx.pipeline("prior", job.task) if job.task.endswith("img2img") else None
-        emb = run_controlnet_prior(
-            ctx.pipeline("prior"), emb2emb, ctx.pipelines.get("depth"), job, images
-        )
+        depth = ctx.models.helper(job.model, helpers[0]) if helpers else None
+        emb = run_controlnet_prior(pipe, depth, job, images)
     else:
-        emb = run_prior(ctx.pipeline("prior", job.task, job.model), job, images)
+        emb = run_prior(pipe, job, images)
     ctx.records.add_timing(job_id, "prior", time.perf_counter() - t0)
     emb_key = ctx.embeddings.put(job_id, emb)
     if ctx.records.state(job_id) != JobState.PRIOR:
@@ -147,7 +148,7 @@ def decoder(
     inputs: dict | None = None,
 ) -> dict:
     job = JobSpec.model_validate(spec)
-    two_stage = capabilities.MODELS[job.model].two_stage
+    two_stage = get(job.model).two_stage
     # A single-stage job (Kandinsky 3) arrives here straight from the queue.
     allowed = (
         (JobState.PRIOR, JobState.DECODING) if two_stage else (JobState.QUEUED, JobState.DECODING)
@@ -171,7 +172,7 @@ def decoder(
         )
         return {"job_id": job_id, "requeued": "prior"}
     images = _images(ctx, job, inputs or {}, "decoder")
-    pipe = ctx.pipeline("decoder", job.task, job.model)
+    pipe = ctx.models.pipeline(job.model, job.task)
     t0 = time.perf_counter()
     pictures = run_decoder(pipe, job, emb, images) if two_stage else run_single(pipe, job, images)
     t1 = time.perf_counter()
@@ -211,6 +212,6 @@ def decoder(
 
 
 def finalize(ctx: WorkerContext, campaign_id: str, retries: int) -> dict:
-    from farm.service import finalize as write
+    from farm.finalize import finalize as write
 
     return write(ctx.records, ctx.objects, ctx.settings.s3_prefix, campaign_id)

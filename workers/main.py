@@ -1,6 +1,9 @@
-"""Worker entry point: ``celery -A workers.main worker -Q prior`` (or ``-Q decoder``).
+"""Worker entry point: ``farm worker --stage decoder --models kandinsky-3`` (which runs
+``celery -A workers.main worker -Q decoder.kandinsky-3,finalize`` with the worker settings).
 
-This is a process edge: settings are built here, once, from the environment.
+This is a process edge: settings are built here, once, from the environment. Before consuming
+anything the worker verifies every part of every family it serves and loads the resident ones; a
+missing or broken part stops it with a message naming the family, the part and the fix.
 """
 
 from __future__ import annotations
@@ -10,40 +13,82 @@ import os
 
 from celery import signals
 
-from farm import keys
+from farm import fleet, keys
+from farm.errors import ConfigError, ModelError
+from farm.families import REGISTRY, get
 from farm.settings import Settings
-from workers import context
+from workers import context, placement
 from workers.app import create_app
 from workers.tasks import register
 
 settings = Settings.load().with_stack()
 app = create_app(settings)
 register(app)
+app.steps["consumer"].add(placement.Placement)
 
-_stages: tuple[str, ...] = ()
-STAGE_BY_QUEUE = {keys.PRIOR_QUEUE: "prior", keys.DECODER_QUEUE: "decoder"}
+# Set in the main process before the pool forks, so prefork children inherit it.
+plan: placement.Plan | None = None
+
+
+def make_plan(consumed: list[str], node: str) -> placement.Plan:
+    """The worker's stage, served families and resident count, from its settings or its queues."""
+    job_queues = [q for q in consumed if q != fleet.FINALIZE_QUEUE]
+    stages = {q.split(".", 1)[0] for q in job_queues}
+    stage = settings.worker_stage or (stages.pop() if len(stages) == 1 else None)
+    if stage is None:
+        raise ConfigError(
+            "a worker runs one stage: set FARM_WORKER_STAGE or consume one stage's queues "
+            f"(got {', '.join(job_queues) or 'none'}); use `farm worker --stage ... --models ...`"
+        )
+    if settings.worker_models:
+        families = settings.served_families
+    else:
+        families = (
+            tuple(q.split(".", 1)[1] for q in job_queues if q.split(".", 1)[1] in REGISTRY)
+            or settings.enabled_families
+        )
+    families = tuple(f for f in families if stage in get(f).stages)
+    if not families:
+        raise ConfigError(f"none of the families this worker serves has a {stage} stage")
+    resident = settings.worker_resident if 0 < settings.worker_resident < len(families) else 0
+    return placement.Plan(node=node, stage=stage, families=families, resident=resident)
 
 
 @signals.worker_init.connect
 def _on_worker_init(sender, **_):
-    global _stages
-    queues = sender.app.amqp.queues.consume_from or {}
-    _stages = tuple(STAGE_BY_QUEUE[q] for q in queues if q in STAGE_BY_QUEUE)
-    # Check every configured model before consuming anything: a worker that cannot load its
-    # pipelines must not take jobs off the queue. (Celery logs and swallows exceptions from
-    # signal handlers; SystemExit is what stops the worker.)
-    from farm.errors import ModelError
-    from farm.models.registry import resolve
-
-    for stage in _stages:
-        try:
-            resolve(settings.model_folder(stage), stage)
-        except ModelError as e:
-            raise SystemExit(f"farm worker: cannot serve the {stage} queue: {e}") from None
+    global plan
+    # Celery logs and swallows exceptions from signal handlers; SystemExit stops the worker.
+    try:
+        plan = make_plan(list(sender.app.amqp.queues.consume_from or {}), sender.hostname)
+        verify(plan)
+        placement.plan = plan
+    except (ConfigError, ModelError) as e:
+        raise SystemExit(f"farm worker: cannot start: {e}") from None
+    logging.getLogger("farm.worker").info(
+        "serving %s for %s (resident %s)",
+        plan.stage,
+        ", ".join(plan.families),
+        plan.resident or "all",
+    )
     pool = str(getattr(sender.pool_cls, "__module__", sender.pool_cls))
     if "prefork" not in pool:
         # solo / threads run tasks in this process: load here, before consuming.
         _init_or_exit(os.getpid())
+
+
+def verify(plan: placement.Plan) -> None:
+    """Every part of every served family is there (resident or not): fail at boot, not mid-job."""
+    from farm.families.loading import verify as check
+
+    for name in plan.families:
+        family = get(name)
+        for part in family.parts_for(plan.stage):
+            check(
+                family,
+                part,
+                settings.location(part),
+                tiny=settings.is_tiny_location(part),
+            )
 
 
 @signals.worker_process_init.connect
@@ -54,10 +99,27 @@ def _on_child_init(**_):
 
 def _init_or_exit(worker_pid: int) -> None:
     try:
-        ctx = context.init(settings, app, _stages)
+        ctx = context.init(
+            settings,
+            app,
+            plan.stage,
+            plan.families,
+            resident=plan.resident,
+            preload=plan.families[: plan.resident] if plan.resident else plan.families,
+            node=plan.node,
+        )
         # Tell `farm up` this worker's pipelines are loaded: its main process answers pings
         # before a prefork child has finished loading.
         ctx.redis.set(keys.worker_loaded(worker_pid), "1", ex=86_400)
     except Exception:
         logging.getLogger("farm.worker").exception("farm worker: loading the pipelines failed")
         raise SystemExit(70) from None
+
+
+@signals.task_postrun.connect
+def _after_task(**_):
+    # What this process holds may have changed (a load on demand, an eviction).
+    try:
+        context.current().report()
+    except RuntimeError:
+        pass

@@ -1,7 +1,8 @@
 """The local stack behind ``farm up`` / ``farm down`` / ``farm status``.
 
 Embedded Valkey and SeaweedFS (unless ``FARM_REDIS_URL`` / ``FARM_S3_ENDPOINT`` point elsewhere),
-one Celery worker per queue, and Flower. What was started is written to ``<state_dir>/stack.json``
+Celery workers per stage for the enabled families (``--workers prior=1,decoder=2``), Flower and
+the API. What was started is written to ``<state_dir>/stack.json``
 (mode 0600: it holds the generated credentials) so any later process can find and stop it.
 """
 
@@ -16,12 +17,35 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from farm import keys
+from farm import fleet, keys
 from farm.errors import StackError
-from farm.services import Proc, free_port, port_free, spawn, start_valkey, start_weed, wait_port
+from farm.families import get
+from farm.local.servers import (
+    Proc,
+    free_port,
+    port_free,
+    spawn,
+    start_valkey,
+    start_weed,
+    wait_http,
+)
 from farm.settings import Settings
 
 STATE_FILE = "stack.json"
+DEFAULT_WORKERS = {"prior": 1, "decoder": 1}
+
+
+def parse_workers(text: str | None) -> dict[str, int]:
+    """``prior=1,decoder=2`` -> {"prior": 1, "decoder": 2} (stages left out keep one worker)."""
+    out = dict(DEFAULT_WORKERS)
+    for item in filter(None, (t.strip() for t in (text or "").split(","))):
+        stage, sep, count = item.partition("=")
+        if not sep or stage not in out or not count.isdigit() or int(count) > 16:
+            raise StackError(
+                f"--workers: {item!r} is not stage=count (stages: prior, decoder; 0-16 each)"
+            )
+        out[stage] = int(count)
+    return out
 
 
 def mask(url: str) -> str:
@@ -66,8 +90,13 @@ class Stack:
 
     # -- up ---------------------------------------------------------------------------------
 
-    def up(self, *, timeout: float = 120.0) -> dict:
-        """Start what is not configured externally, then workers and Flower; wait until ready.
+    def up(self, *, workers: dict[str, int] | None = None, timeout: float = 120.0) -> dict:
+        """Start what is not configured externally, then workers, Flower and the API; wait.
+
+        Args:
+            workers: how many workers per stage (default one each); each serves every enabled
+                family that has the stage.
+
 
         Returns:
             The state written to ``stack.json``.
@@ -78,14 +107,21 @@ class Stack:
         if self.running():
             return self.read_state()
         self.down()  # a half-dead stack from a crash: clear it before starting anew
+        ports = self._check_ports()
         self.dir.mkdir(parents=True, exist_ok=True)
         started: list[Proc] = []
-        state: dict = {"state_dir": str(self.dir), "started_at": time.time(), "processes": []}
+        state: dict = {
+            "state_dir": str(self.dir),
+            "started_at": time.time(),
+            "processes": [],
+            "models": list(self.settings.enabled_families),
+            "worker_counts": dict(workers or DEFAULT_WORKERS),
+        }
         try:
             settings = self._start_servers(state, started)
             self._ensure_models(settings)
             self._ensure_bucket(settings)
-            self._start_workers(settings, state, started)
+            self._start_workers(settings, state, started, ports)
             state["processes"] = [p.to_dict() for p in started]
             self._write_state(state)
             self._wait_workers(settings, timeout)
@@ -95,6 +131,32 @@ class Stack:
             self.state_path.unlink(missing_ok=True)
             raise
         return state
+
+    def _check_ports(self) -> dict[str, int]:
+        """The API's and Flower's ports, refused before anything starts if taken or shared.
+
+        0 means any free port; a set port that is taken is an error naming it (silently moving
+        would leave scripts talking to whatever holds it).
+        """
+        s = self.settings
+        wanted = {
+            "api": (s.api_port, "FARM_API_PORT"),
+            "flower": (s.flower_port, "FARM_FLOWER_PORT"),
+        }
+        if s.api_port and s.api_port == s.flower_port:
+            raise StackError(
+                f"api and flower are both set to port {s.api_port} (FARM_API_PORT, "
+                "FARM_FLOWER_PORT): give them different ports, or 0 for any free port"
+            )
+        out = {}
+        for name, (port, variable) in wanted.items():
+            if port and not port_free(port):
+                raise StackError(
+                    f"{name}: port {port} on 127.0.0.1 is taken ({variable}); stop what holds "
+                    f"it, or set {variable}=0 for any free port"
+                )
+            out[name] = port
+        return out
 
     def _start_servers(self, state: dict, started: list[Proc]) -> Settings:
         s = self.settings
@@ -133,33 +195,12 @@ class Stack:
         return Settings(**{**_raw(s), **update})
 
     def _ensure_models(self, settings: Settings) -> None:
-        if not settings.uses_tiny:
-            return
-        from farm.models.tiny import (
-            build_controlnet,
-            build_k3,
-            build_k21,
-            build_k22,
-            build_sd15,
-            build_sdxl_refiner,
-            is_tiny,
-        )
+        from farm.local.models import build_tiny
 
-        if not all(is_tiny(settings.tiny_dir / part) for part in ("prior", "decoder", "inpaint")):
-            build_k22(settings.tiny_dir)
-        if not is_tiny(settings.tiny_dir / "kandinsky3"):
-            build_k3(settings.tiny_dir / "kandinsky3")
-        if not all(is_tiny(settings.tiny_dir / p) for p in ("k21_decoder", "k21_inpaint")):
-            build_k21(settings.tiny_dir)
-        if not is_tiny(settings.tiny_dir / "sd15"):
-            build_sd15(settings.tiny_dir / "sd15")
-        if not is_tiny(settings.tiny_dir / "sdxl_refiner"):
-            build_sdxl_refiner(settings.tiny_dir / "sdxl_refiner")
-        if not all(is_tiny(settings.tiny_dir / p) for p in ("controlnet", "depth")):
-            build_controlnet(settings.tiny_dir)
+        build_tiny(settings, settings.enabled_families)
 
     def _ensure_bucket(self, settings: Settings) -> None:
-        from farm.storage import ObjectStore
+        from farm.stores.objects import ObjectStore
 
         store = ObjectStore.from_settings(settings)
         deadline = time.monotonic() + 30
@@ -188,28 +229,40 @@ class Stack:
             env["HF_HUB_OFFLINE"] = "1"
         return env
 
-    def _start_workers(self, settings: Settings, state: dict, started: list[Proc]) -> None:
-        env = self._child_env(settings)
-        logs = self.dir / "logs"
+    def _spawn_workers(self, settings: Settings, state: dict, started: list[Proc], env: dict):
+        """Workers per stage, each serving every enabled family with that stage."""
         celery = [sys.executable, "-m", "celery", "-A", "workers.main"]
         pool = self._pool()
         nodes = state.setdefault("nodes", {})
-        for queue in (keys.PRIOR_QUEUE, keys.DECODER_QUEUE):
-            # A name of its own, so readiness waits for *these* workers, not any on the broker.
-            nodes[queue] = f"{queue}@{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-            argv = [
-                *celery, "worker",
-                "-Q", queue,
-                "-n", nodes[queue],
-                "-c", "1",
-                f"--pool={pool}",
-                "-E", "--without-gossip", "--without-mingle",
-                "--loglevel=INFO",
-            ]  # fmt: skip
-            started.append(spawn(f"worker-{queue}", argv, logs / f"{queue}.log", env, "celery"))
-        port = settings.flower_port
-        if not port or not port_free(port):
-            port = free_port()
+        tag = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        for stage, count in state["worker_counts"].items():
+            families = [f for f in settings.enabled_families if stage in get(f).stages]
+            if not families:
+                continue
+            for n in range(1, count + 1):
+                name = f"worker-{stage}-{n}"
+                # A name of its own, so readiness waits for *these* workers, not any on the broker.
+                nodes[name] = f"{stage}{n}@{tag}"
+                argv = fleet.worker_argv(
+                    stage=stage, families=families, node=nodes[name], pool=pool
+                )
+                worker_env = {
+                    **env,
+                    "FARM_WORKER_STAGE": stage,
+                    "FARM_WORKER_MODELS": ",".join(families),
+                }
+                log = self.dir / "logs" / f"{name}.log"
+                started.append(spawn(name, [*celery, *argv], log, worker_env, "celery"))
+        state["pool"] = pool
+
+    def _start_workers(
+        self, settings: Settings, state: dict, started: list[Proc], ports: dict[str, int]
+    ) -> None:
+        env = self._child_env(settings)
+        self._spawn_workers(settings, state, started, env)
+        celery = [sys.executable, "-m", "celery", "-A", "workers.main"]
+        logs = self.dir / "logs"
+        port = ports["flower"] or free_port()
         flower_env = {**env, "FLOWER_UNAUTHENTICATED_API": "true"}
         argv = [
             *celery, "flower",
@@ -220,21 +273,21 @@ class Stack:
         flower = spawn("flower", argv, logs / "flower.log", flower_env, "celery")
         started.append(flower)
         state["flower_url"] = f"http://127.0.0.1:{port}"
-        state["pool"] = pool
-        api = self._start_api(settings, env, state)
+        api_port = ports["api"] or free_port()
+        while api_port == port:
+            api_port = free_port()
+        api = self._start_api(settings, env, state, api_port)
         started.append(api)
-        wait_port(port, 30, flower)
-        wait_port(int(state["api_url"].rsplit(":", 1)[1]), 30, api)
+        # Each must answer as itself: a port merely open may be another server's.
+        wait_http(f"http://127.0.0.1:{port}/healthcheck", "OK", 30, flower)
+        wait_http(f"http://127.0.0.1:{api_port}/healthz", '"ok":true', 30, api)
 
-    def _start_api(self, settings: Settings, env: dict, state: dict) -> Proc:
+    def _start_api(self, settings: Settings, env: dict, state: dict, port: int) -> Proc:
         if settings.api_tokens:
             tokens = settings.api_tokens.get_secret_value()
         else:
             tokens = f"{keys.DEFAULT_TENANT}:{secrets.token_urlsafe(32)}"
         first = tokens.split(",")[0].partition(":")[2]
-        port = settings.api_port
-        if not port or not port_free(port):
-            port = free_port()
         argv = [
             sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
             "--host", "127.0.0.1", "--port", str(port), "--log-level", "info", "--no-access-log",
@@ -250,7 +303,7 @@ class Stack:
         while time.monotonic() < deadline:
             for p in self.procs():
                 if p.name.startswith("worker") and not p.alive():
-                    log = self.dir / "logs" / f"{p.name.removeprefix('worker-')}.log"
+                    log = self.dir / "logs" / f"{p.name}.log"
                     tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
                     raise StackError(f"{p.name} exited while starting:\n{tail}")
             nodes = (self.read_state() or {}).get("nodes", {})
@@ -282,14 +335,7 @@ class Stack:
         state = self.read_state()
         if not state:
             return []
-        order = {
-            "api": 0,
-            "flower": 0,
-            "worker-prior": 1,
-            "worker-decoder": 1,
-            "seaweedfs": 2,
-            "valkey": 3,
-        }
+        order = {"api": 0, "flower": 0, "seaweedfs": 2, "valkey": 3}  # workers: 1
         stopped = []
         for p in sorted(self.procs(state), key=lambda p: order.get(p.name, 1)):
             if p.alive():
@@ -305,11 +351,9 @@ class Stack:
             return {"running": False, "state_dir": str(self.dir)}
         procs = {p.name: {"pid": p.pid, "alive": p.alive()} for p in self.procs(state)}
         settings = self.settings.with_stack()
-        workers = (
-            workers_per_queue(settings, timeout=1.0)
-            if any(v["alive"] for v in procs.values())
-            else {}
-        )
+        fleet_state: dict = {"queues": [], "workers": []}
+        if any(v["alive"] for v in procs.values()):
+            fleet_state = fleet_status(settings)
         return {
             "running": all(v["alive"] for v in procs.values()),
             "state_dir": state["state_dir"],
@@ -319,10 +363,26 @@ class Stack:
             "flower_url": state.get("flower_url"),
             "api_url": state.get("api_url"),
             "token": state.get("token"),
-            "workers": {q: workers.get(q, 0) for q in (keys.PRIOR_QUEUE, keys.DECODER_QUEUE)},
+            "models": state.get("models", []),
+            "queues": fleet_state["queues"],
+            "workers": fleet_state["workers"],
             "processes": procs,
             "tiny_models": self.settings.uses_tiny,
         }
+
+
+def fleet_status(settings: Settings) -> dict:
+    """Queues (depth, consumers) and live workers, read from Redis; empty if it is away."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+        try:
+            return fleet.fleet(client, settings.enabled_families)
+        finally:
+            client.close()
+    except redis.RedisError:
+        return {"queues": [], "workers": []}
 
 
 def worker_queues(settings: Settings, timeout: float = 1.0) -> dict[str, list[str]]:
@@ -337,15 +397,6 @@ def worker_queues(settings: Settings, timeout: float = 1.0) -> dict[str, list[st
     finally:
         app.close()
     return {node: [q["name"] for q in queues] for node, queues in replies.items()}
-
-
-def workers_per_queue(settings: Settings, timeout: float = 1.0) -> dict[str, int]:
-    """How many live workers consume each queue (a Celery broadcast; empty if none answer)."""
-    counts: dict[str, int] = {}
-    for queues in worker_queues(settings, timeout).values():
-        for q in queues:
-            counts[q] = counts.get(q, 0) + 1
-    return counts
 
 
 def _raw(settings: Settings) -> dict:

@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from farm.domain.jobs import JobSpec, field_path
 from farm.errors import InvalidJob
-from farm.jobs import JobSpec, field_path
 
 MAX_JOBS = 100_000
 SPEC_FIELDS = set(JobSpec.model_fields)

@@ -22,15 +22,15 @@ from pydantic import (
     model_validator,
 )
 
-from farm import capabilities, keys
+from farm import families, keys
 from farm.errors import InvalidJob
 
-SIZE_MULTIPLE = 64  # Kandinsky's MoVQ downsamples by 8 and the pipelines round to 8 * 8
+MIN_SIDE = 8  # the widest bounds any family has; each family's own limits are checked after
 # An input image: an upload by content hash, or "job:<n>", the first image of the campaign's n-th
 # job (a chained job runs when that job is done, without the client in the loop).
 INPUT_REF = r"^(in:[0-9a-f]{64}|job:\d{1,6})$"
 SCHEDULERS = ("default", "ddim", "ddpm")
-MAX_SIDE = 2048
+MAX_SIDE = 4096
 MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**63 - 1
 
@@ -65,17 +65,17 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = capabilities.DEFAULT_MODEL
-    task: Literal[capabilities.TASKS] = "text2img"  # the registry's task list, one source
+    model: str = families.DEFAULT_FAMILY
+    task: str = "text2img"  # checked against the family registry
     prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     prior_guidance_scale: float = Field(4.0, ge=0, le=100)
-    prior_num_inference_steps: int = Field(25, ge=1, le=200)
+    prior_num_inference_steps: int = Field(25, ge=1, le=1000)
     guidance_scale: float = Field(4.0, ge=0, le=100)
-    num_inference_steps: int = Field(100, ge=1, le=500)
-    height: int = Field(512, ge=SIZE_MULTIPLE, le=MAX_SIDE)
-    width: int = Field(512, ge=SIZE_MULTIPLE, le=MAX_SIDE)
+    num_inference_steps: int = Field(100, ge=1, le=1000)
+    height: int = Field(512, ge=MIN_SIDE, le=MAX_SIDE)
+    width: int = Field(512, ge=MIN_SIDE, le=MAX_SIDE)
     image: str | None = Field(None, pattern=INPUT_REF, description="img2img / inpaint input")
     mask: str | None = Field(None, pattern=INPUT_REF, description="inpaint: white = repaint")
     strength: float = Field(0.3, gt=0, le=1, description="img2img: how much to change")
@@ -91,26 +91,47 @@ class JobSpec(BaseModel):
         # Fields left out take the chosen model's own pipeline defaults (Kandinsky 3: 1024 px,
         # 25 steps, guidance 3), not Kandinsky 2.2's.
         if isinstance(data, dict):
-            info = capabilities.MODELS.get(data.get("model", capabilities.DEFAULT_MODEL))
-            if info is not None:
-                task = data.get("task", "text2img")
-                data = {**info.defaults.get("*", {}), **info.defaults.get(task, {}), **data}
+            family = families.REGISTRY.get(data.get("model", families.DEFAULT_FAMILY))
+            if family is not None:
+                data = {**family.defaults_for(data.get("task", "text2img")), **data}
         return data
 
     @model_validator(mode="after")
     def _task_inputs(self) -> JobSpec:
         # Each error names the field it is about: raised as (field, message) pairs.
+        if self.model not in families.REGISTRY:
+            raise ValueError(
+                f"model|unknown model {self.model!r}; known: {', '.join(families.REGISTRY)}"
+            )
         try:
-            info = capabilities.check(self.model, self.task)
+            family = families.check(self.model, self.task)
         except ValueError as e:
-            raise ValueError(f"model|{e}") from None
+            raise ValueError(f"task|{e}") from None
+        limits = family.limits
         for name in ("height", "width"):
             value = getattr(self, name)
-            if value % info.size_multiple:
+            if value % limits.size_multiple:
                 # Kandinsky's MoVQ and the SD VAE downsample by 8; Kandinsky also rounds to 64.
                 raise ValueError(
-                    f"{name}|must be a multiple of {info.size_multiple} for {self.model} (got {value})"
+                    f"{name}|must be a multiple of {limits.size_multiple} for {self.model} (got {value})"
                 )
+            if not limits.min_side <= value <= limits.max_side:
+                raise ValueError(
+                    f"{name}|must be between {limits.min_side} and {limits.max_side} for "
+                    f"{self.model} (got {value})"
+                )
+        for name, most in (
+            ("num_inference_steps", limits.max_steps),
+            ("prior_num_inference_steps", limits.max_prior_steps),
+        ):
+            if getattr(self, name) > most:
+                raise ValueError(
+                    f"{name}|must be at most {most} for {self.model} (got {getattr(self, name)})"
+                )
+        for rule in family.rules:
+            broken = rule(self)
+            if broken:
+                raise ValueError(f"{broken[0]}|{broken[1]}")
         needs = {
             "img2img": ("image",),
             "inpaint": ("image", "mask"),
@@ -132,12 +153,6 @@ class JobSpec(BaseModel):
         for name in ("image", "mask", "interpolate", "hint"):
             if getattr(self, name) is not None and name not in takes.get(self.task, ()):
                 raise ValueError(f"{name}|not used by task {self.task}")
-        if self.model == "kandinsky-2.1" and self.task == "img2img" and self.height != self.width:
-            # KandinskyImg2ImgPipeline hands (width, height) to a preprocess that takes
-            # (height, width): any other size fails mid-job.
-            raise ValueError(
-                "width|kandinsky-2.1 img2img needs height == width (a diffusers limit)"
-            )
         if self.task.endswith("img2img") and int(self.num_inference_steps * self.strength) < 1:
             # The pipelines run int(steps * strength) steps: zero would crash mid-job.
             raise ValueError(

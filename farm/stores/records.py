@@ -15,8 +15,8 @@ from collections.abc import Iterable
 import redis
 
 from farm import keys
+from farm.domain.jobs import JobRecord, JobSpec, JobState
 from farm.errors import NotFound, ServiceUnavailable
-from farm.jobs import JobRecord, JobSpec, JobState
 
 BATCH = 1000  # commands per pipelined round trip
 
@@ -36,7 +36,9 @@ local complete = 0
 if cur ~= ARGV[1] then
   redis.call('HINCRBY', KEYS[2], cur, -1)
   redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-  if ARGV[1] == 'prior' then redis.call('HSETNX', KEYS[3], 'started_at', ARGV[2]) end
+  if ARGV[1] == 'prior' or ARGV[1] == 'decoding' then
+    redis.call('HSETNX', KEYS[3], 'started_at', ARGV[2])
+  end
   if ARGV[1] == 'done' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled' then
     local c = redis.call('HMGET', KEYS[2], 'done', 'failed', 'cancelled')
     local n = (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) + (tonumber(c[3]) or 0)
@@ -89,7 +91,9 @@ class RecordStore:
             )
             pipe.hset(counts, mapping={s.value: 0 for s in JobState})
             pipe.zadd(keys.tenant_campaigns(tenant), {campaign_id: now})
-            for key in (ckey, counts, keys.tenant_campaigns(tenant)):
+            fams = keys.campaign_families(campaign_id)
+            pipe.sadd(fams, *{spec.model for _, spec in jobs})
+            for key in (ckey, counts, keys.tenant_campaigns(tenant), fams):
                 pipe.expire(key, self.ttl_s)
             pipe.execute()
             self._add_jobs(campaign_id, tenant, prefix, jobs, now, states or {})
@@ -131,6 +135,15 @@ class RecordStore:
             for state, n in per_state.items():
                 pipe.hincrby(keys.campaign_counts(campaign_id), state, n)
             pipe.execute()
+
+    def campaign_families(self, campaign_id: str) -> list[str]:
+        """The model families a campaign's jobs use."""
+        try:
+            return sorted(
+                f.decode() for f in self.client.smembers(keys.campaign_families(campaign_id))
+            )
+        except redis.RedisError as e:
+            raise ServiceUnavailable(f"redis: {e}") from e
 
     # -- move ---------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Tiny random-weight Kandinsky 2.2 pipelines, built locally for tests and the demo.
+"""Tiny random-weight pipelines for every family's parts, built locally for tests and the demo.
 
 No model hub is reachable here, so the farm builds its own pipelines the way diffusers' test
 suite builds "dummy components", saves them with ``save_pretrained`` and loads them back with
@@ -217,37 +217,50 @@ def _decoder_components(in_channels: int = 4) -> dict:
     return {"unet": unet, "scheduler": scheduler, "movq": _movq()}
 
 
-def build_k22(out: Path) -> dict[str, Path]:
-    """Build and save the tiny Kandinsky 2.2 prior, decoder and inpainting decoder under ``out``.
-
-    Args:
-        out: Folder to write ``prior/``, ``decoder/`` and ``inpaint/`` into (created if missing).
-
-    Returns:
-        The two pipeline folders, by stage name.
-    """
-    from farm.models import quiet
+def build_k22_prior(out: Path) -> None:
+    """The tiny Kandinsky 2.2 prior (also serves as the 2.1 prior: the same components)."""
+    from farm.families.loading import quiet
 
     quiet()  # before the pipeline imports, which log about torchvision
-    from diffusers import (
-        KandinskyV22InpaintPipeline,
-        KandinskyV22Pipeline,
-        KandinskyV22PriorPipeline,
+    from diffusers import KandinskyV22PriorPipeline
+
+    KandinskyV22PriorPipeline(**_prior_components()).save_pretrained(out)
+    _mark("kandinsky-2.2", out)
+
+
+def _prior_card(out: Path) -> None:
+    """A model card naming the prior, as the hub's decoder repos have: diffusers' AutoPipelines
+    read it to build the combined (prior + decoder) pipelines from a decoder folder."""
+    prior = Path(out).parent / "prior"
+    if not is_tiny(prior):
+        build_k22_prior(prior)
+    (Path(out) / "README.md").write_text(
+        f"---\nprior:\n- {prior.resolve()}\n---\n", encoding="utf-8"
     )
 
-    out = Path(out)
-    prior_dir, decoder_dir, inpaint_dir = out / "prior", out / "decoder", out / "inpaint"
-    KandinskyV22PriorPipeline(**_prior_components()).save_pretrained(prior_dir)
-    KandinskyV22Pipeline(**_decoder_components()).save_pretrained(decoder_dir)
-    KandinskyV22InpaintPipeline(**_decoder_components(in_channels=9)).save_pretrained(inpaint_dir)
-    _mark("kandinsky-2.2", prior_dir, decoder_dir, inpaint_dir)
-    # A model card naming the prior, as the hub's decoder repos have: diffusers' AutoPipelines
-    # read it to build the combined (prior + decoder) pipelines from a decoder folder.
-    for d in (decoder_dir, inpaint_dir):
-        (d / "README.md").write_text(
-            f"---\nprior:\n- {prior_dir.resolve()}\n---\n", encoding="utf-8"
-        )
-    return {"prior": prior_dir, "decoder": decoder_dir, "inpaint": inpaint_dir}
+
+def build_k22_decoder(out: Path) -> None:
+    """The tiny Kandinsky 2.2 decoder (UNet + MoVQ), with a card naming the tiny prior."""
+    from farm.families.loading import quiet
+
+    quiet()
+    from diffusers import KandinskyV22Pipeline
+
+    KandinskyV22Pipeline(**_decoder_components()).save_pretrained(out)
+    _mark("kandinsky-2.2", out)
+    _prior_card(out)
+
+
+def build_k22_inpaint(out: Path) -> None:
+    """The tiny Kandinsky 2.2 inpainting decoder (9 input channels), with a card naming the prior."""
+    from farm.families.loading import quiet
+
+    quiet()
+    from diffusers import KandinskyV22InpaintPipeline
+
+    KandinskyV22InpaintPipeline(**_decoder_components(in_channels=9)).save_pretrained(out)
+    _mark("kandinsky-2.2", out)
+    _prior_card(out)
 
 
 def is_tiny(folder: str | Path) -> bool:
@@ -281,9 +294,9 @@ def _t5_tokenizer():
     )
 
 
-def build_k3(out: Path) -> Path:
+def build_k3(out: Path) -> None:
     """Build and save a tiny Kandinsky 3 pipeline (T5 encoder + Kandinsky3UNet + MoVQ) in ``out``."""
-    from farm.models import quiet
+    from farm.families.loading import quiet
 
     quiet()
     import torch
@@ -317,7 +330,6 @@ def build_k3(out: Path) -> Path:
     )
     pipe.save_pretrained(out)
     _mark("kandinsky-3", out)
-    return out
 
 
 def _xlmr_tokenizer():
@@ -388,28 +400,32 @@ def _k21_components(in_channels: int) -> dict:
     }
 
 
-def build_k21(out: Path) -> dict[str, Path]:
-    """Build and save the tiny Kandinsky 2.1 decoder and inpainting decoder under ``out``.
-
-    The 2.1 prior has the 2.2 prior's components (KandinskyPriorPipeline loads that folder).
-    """
-    from farm.models import quiet
+def build_k21_decoder(out: Path) -> None:
+    """The tiny Kandinsky 2.1 decoder (multilingual text encoder + UNet + MoVQ, DDIM)."""
+    from farm.families.loading import quiet
 
     quiet()
-    from diffusers import KandinskyInpaintPipeline, KandinskyPipeline
+    from diffusers import KandinskyPipeline
 
-    out = Path(out)
-    decoder_dir, inpaint_dir = out / "k21_decoder", out / "k21_inpaint"
-    KandinskyPipeline(**_k21_components(4)).save_pretrained(decoder_dir)
-    KandinskyInpaintPipeline(**_k21_components(9)).save_pretrained(inpaint_dir)
-    _mark("kandinsky-2.1", decoder_dir, inpaint_dir)
-    return {"k21_decoder": decoder_dir, "k21_inpaint": inpaint_dir}
+    KandinskyPipeline(**_k21_components(4)).save_pretrained(out)
+    _mark("kandinsky-2.1", out)
 
 
-def build_sd15(out: Path) -> Path:
+def build_k21_inpaint(out: Path) -> None:
+    """The tiny Kandinsky 2.1 inpainting decoder."""
+    from farm.families.loading import quiet
+
+    quiet()
+    from diffusers import KandinskyInpaintPipeline
+
+    KandinskyInpaintPipeline(**_k21_components(9)).save_pretrained(out)
+    _mark("kandinsky-2.1", out)
+
+
+def build_sd15(out: Path) -> None:
     """Build and save a tiny Stable Diffusion 1.5-style pipeline (CLIP text encoder, UNet,
     AutoencoderKL with the real scale factor 8, PNDM) in ``out``; no safety checker."""
-    from farm.models import quiet
+    from farm.families.loading import quiet
 
     quiet()
     import torch
@@ -453,28 +469,34 @@ def build_sd15(out: Path) -> Path:
     )  # fmt: skip
     pipe.save_pretrained(out)
     _mark("sd-1.5", out)
-    return out
 
 
-def build_controlnet(out: Path) -> dict[str, Path]:
-    """Build the tiny Kandinsky 2.2 ControlNet (depth) decoder and a tiny DPT depth estimator."""
-    from farm.models import quiet
+def build_controlnet(out: Path) -> None:
+    """The tiny Kandinsky 2.2 ControlNet (depth) decoder: a hint-conditioned UNet + MoVQ."""
+    from farm.families.loading import quiet
 
     quiet()
-    import torch
     from diffusers import DDPMScheduler, KandinskyV22ControlnetPipeline
-    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 
-    out = Path(out)
     unet = _kandinsky_unet(8, "image_hint", "image_proj")
     scheduler = DDPMScheduler(
         num_train_timesteps=1000, beta_schedule="linear", beta_start=0.00085, beta_end=0.012,
         clip_sample=False, steps_offset=1, prediction_type="epsilon", thresholding=False,
     )  # fmt: skip
-    controlnet_dir, depth_dir = out / "controlnet", out / "depth"
     KandinskyV22ControlnetPipeline(unet=unet, scheduler=scheduler, movq=_movq()).save_pretrained(
-        controlnet_dir
+        out
     )
+    _mark("kandinsky-2.2", out)
+
+
+def build_depth(out: Path) -> None:
+    """A tiny DPT depth estimator (transformers), for ControlNet hints."""
+    from farm.families.loading import quiet
+
+    quiet()
+    import torch
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
     torch.manual_seed(0)
     depth = DPTForDepthEstimation(
         DPTConfig(
@@ -484,19 +506,18 @@ def build_controlnet(out: Path) -> dict[str, Path]:
             is_hybrid=False, head_in_index=-1,
         )
     ).eval()  # fmt: skip
-    depth.save_pretrained(depth_dir)
+    depth.save_pretrained(out)
     DPTImageProcessor(
         size={"height": 32, "width": 32}, keep_aspect_ratio=False, do_resize=True, do_normalize=True,
         image_mean=[0.5] * 3, image_std=[0.5] * 3,
-    ).save_pretrained(depth_dir)  # fmt: skip
-    _mark("kandinsky-2.2", controlnet_dir, depth_dir)
-    return {"controlnet": controlnet_dir, "depth": depth_dir}
+    ).save_pretrained(out)  # fmt: skip
+    _mark("kandinsky-2.2", out)
 
 
-def build_sdxl_refiner(out: Path) -> Path:
+def build_sdxl_refiner(out: Path) -> None:
     """Build and save a tiny SDXL refiner (img2img: second text encoder only, aesthetic score
     conditioning, AutoencoderKL scale 8, Euler) in ``out``."""
-    from farm.models import quiet
+    from farm.families.loading import quiet
 
     quiet()
     import torch
@@ -540,4 +561,3 @@ def build_sdxl_refiner(out: Path) -> Path:
     )  # fmt: skip
     pipe.save_pretrained(out)
     _mark("sdxl-refiner", out)
-    return out

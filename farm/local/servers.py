@@ -44,13 +44,45 @@ def wait_port(port: int, timeout: float, proc: Proc | None = None) -> None:
     child = _CHILDREN.get(proc.pid) if proc else None
     while time.monotonic() < deadline:
         if child is not None and child.poll() is not None:
-            raise StackError(f"{proc.name} exited with {child.returncode} (see its log)")
+            raise StackError(
+                f"{proc.name} (port {port}) exited with {child.returncode} (see its log)"
+            )
         with socket.socket() as s:
             s.settimeout(0.2)
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.05)
-    raise StackError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+    who = proc.name if proc else "server"
+    raise StackError(f"{who}: nothing listens on 127.0.0.1:{port} after {timeout}s (see its log)")
+
+
+def wait_http(url: str, expect: str, timeout: float, proc: Proc) -> None:
+    """Wait until ``url`` answers with ``expect`` in its body, from ``proc`` and no other.
+
+    A port that merely accepts connections may belong to something else (two servers handed
+    the same free port): the body says whether it is ours, and ``proc`` must still be running.
+    """
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    child = _CHILDREN.get(proc.pid)
+    port = url.split(":")[2].split("/")[0]
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if (child is not None and child.poll() is not None) or not proc.alive():
+            code = child.returncode if child is not None else "?"
+            raise StackError(
+                f"{proc.name} (port {port}) exited with {code} while starting (see its log)"
+            )
+        try:
+            resp = httpx.get(url, timeout=1.0)
+            if expect in resp.text:
+                return
+            last = f"HTTP {resp.status_code} from something else"
+        except httpx.HTTPError as e:
+            last = type(e).__name__
+        time.sleep(0.1)
+    raise StackError(f"{proc.name} did not come up on port {port} within {timeout}s ({last})")
 
 
 @dataclass(frozen=True)

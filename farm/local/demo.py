@@ -16,12 +16,22 @@ PROMPTS = [
 SEEDS = [42, 1234]
 NEGATIVE = "low quality, bad quality"
 
-TINY_NOTICE = """\
-NOTE: rendering with TINY RANDOM-WEIGHT models built locally (offline): the pictures are noise.
-      For real pictures, put the weights in the Hugging Face cache and run e.g.
-        FARM_PRIOR_MODEL=kandinsky-community/kandinsky-2-2-prior \\
-        FARM_DECODER_MODEL=kandinsky-community/kandinsky-2-2-decoder FARM_DEVICE=cuda make demo
-      (or point both settings at local folders written by save_pretrained)."""
+
+def tiny_notice() -> str:
+    """What the demo says when the pictures will be noise, with the settings that fix it."""
+    from farm.families import DEFAULT_FAMILY, get
+
+    family = get(DEFAULT_FAMILY)
+    lines = " \\\n".join(f"        {p.env}={p.hub_id}" for p in family.parts_for("prior")[:1])
+    lines += " \\\n" + " \\\n".join(
+        f"        {p.env}={p.hub_id}" for p in family.parts_for("decoder")[:1]
+    )
+    return (
+        "NOTE: rendering with TINY RANDOM-WEIGHT models built locally (offline): the pictures "
+        "are noise.\n      For real pictures, put the weights in the Hugging Face cache "
+        f"(`farm models fetch {family.name}`) and run e.g.\n{lines} FARM_DEVICE=cuda make demo\n"
+        "      (or point the settings at local folders written by save_pretrained)."
+    )
 
 
 def demo_jobs(settings: Settings, *, size: int | None, steps: int | None) -> list[dict]:
@@ -62,13 +72,13 @@ def run(
     from PIL import Image
 
     from farm.client import Client
-    from farm.stack import Stack
+    from farm.local.stack import Stack
 
     t0 = time.perf_counter()
     stack = Stack(settings)
     owned = not stack.running()
     if settings.uses_tiny:
-        echo(TINY_NOTICE)
+        echo(tiny_notice())
     if owned:
         echo(f"starting the local stack in {stack.dir} ...")
         stack.up()

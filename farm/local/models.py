@@ -1,0 +1,75 @@
+"""``farm models list|build|verify|fetch``: every part of the chosen families, where it is, and
+whether a worker would start with it. All of it read from the family registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from farm.errors import ModelError
+from farm.families import get
+from farm.families.loading import verify
+from farm.families.tiny import is_tiny
+from farm.settings import Settings
+
+
+def rows(settings: Settings, families) -> list[dict]:
+    """One row per part: family, part, stage, setting, location, and what is wrong (or None)."""
+    out = []
+    for name in families:
+        family = get(name)
+        for part in family.parts:
+            location = settings.location(part)
+            try:
+                verify(family, part, location, tiny=settings.is_tiny_location(part))
+                problem = None
+            except ModelError as e:
+                problem = str(e)
+            out.append(
+                {
+                    "family": name,
+                    "part": part.name,
+                    "stage": part.stage,
+                    "setting": part.env,
+                    "hub_id": part.hub_id,
+                    "location": location,
+                    "tiny": settings.is_tiny_location(part),
+                    "ok": problem is None,
+                    "problem": problem,
+                }
+            )
+    return out
+
+
+def build_tiny(settings: Settings, families, *, force: bool = False) -> list[Path]:
+    """Build the tiny random-weight parts of ``families`` that are set to 'tiny' and missing.
+
+    Returns:
+        The folders written.
+    """
+    built: list[Path] = []
+    for name in families:
+        for part in get(name).parts:
+            if not settings.is_tiny_location(part):
+                continue
+            folder = settings.tiny_dir / part.tiny
+            if folder in built or (is_tiny(folder) and not force):
+                continue
+            part.build_tiny(folder)
+            built.append(folder)
+    return built
+
+
+def fetch(settings: Settings, families) -> list[str]:
+    """Download the hub weights of ``families`` into the Hugging Face cache (needs hub access)."""
+    from huggingface_hub import snapshot_download
+
+    done = []
+    for name in families:
+        for part in get(name).parts:
+            location = settings.location(part) if not settings.is_tiny_location(part) else None
+            repo = location if location and not Path(location).exists() else part.hub_id
+            if repo in done:
+                continue
+            snapshot_download(repo)
+            done.append(repo)
+    return done

@@ -1,0 +1,6 @@
+"""The farm as a service, split by verb: ``submit``, ``views``, ``control``; ``Farm`` holds them."""
+
+from farm.service.farm import Campaign, Farm
+from farm.service.submit import Submitted
+
+__all__ = ["Campaign", "Farm", "Submitted"]

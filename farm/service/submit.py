@@ -1,0 +1,214 @@
+"""Submission: validate everything, write the manifest, record the jobs, enqueue in batches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import redis
+from pydantic import BaseModel
+
+from farm import fleet, keys
+from farm.chains import release
+from farm.domain.campaigns import CampaignSpec
+from farm.domain.jobs import JobSpec, new_id
+from farm.domain.validation import check_enabled, check_inputs
+from farm.errors import Conflict, ServiceUnavailable
+from farm.families import get
+
+
+class Submitted(BaseModel):
+    """What a submission returns (the API's response body too)."""
+
+    campaign_id: str
+    job_count: int
+    created: bool  # False when an Idempotency-Key matched an earlier campaign
+
+
+class Submitting:
+    """Farm's submission verbs (mixed into ``Farm``)."""
+
+    def submit_campaign(
+        self,
+        spec: CampaignSpec | dict,
+        *,
+        tenant: str = keys.DEFAULT_TENANT,
+        idempotency_key: str | None = None,
+    ) -> Submitted:
+        """Validate, write the manifest, record and enqueue a campaign.
+
+        Raises:
+            InvalidJob: a spec is invalid; nothing was written or enqueued.
+            Conflict: the Idempotency-Key was used before with a different request.
+            ServiceUnavailable: Redis or S3 cannot be reached.
+        """
+        campaign = CampaignSpec.parse(spec)
+        specs = campaign.expand()
+        check_enabled(specs, self.settings.enabled_families)
+        check_inputs(specs, self._input_meta(tenant))
+        campaign_id = new_id()
+        if idempotency_key:
+            body = hashlib.sha256(campaign.model_dump_json().encode()).hexdigest()
+            ikey = keys.idempotency(tenant, idempotency_key)
+            try:
+                claimed = self.redis.set(
+                    ikey, f"{campaign_id}:{body}", nx=True, ex=self.settings.record_ttl_s
+                )
+                if not claimed:
+                    earlier_id, earlier_body = self.redis.get(ikey).decode().split(":", 1)
+                    if earlier_body != body:
+                        raise Conflict(
+                            f"Idempotency-Key {idempotency_key!r} was used for a different campaign"
+                        )
+                    info = self.records.campaign(earlier_id)
+                    return Submitted(
+                        campaign_id=earlier_id,
+                        job_count=int(info["total"]) if info else len(specs),
+                        created=False,
+                    )
+            except redis.RedisError as e:
+                raise ServiceUnavailable(f"redis: {e}") from e
+        try:
+            self._create(campaign_id, tenant, campaign, specs)
+        except BaseException:
+            if idempotency_key:
+                self.redis.delete(keys.idempotency(tenant, idempotency_key))
+            raise
+        return Submitted(campaign_id=campaign_id, job_count=len(specs), created=True)
+
+    def _input_meta(self, tenant: str):
+        """A cached lookup of an upload's stored metadata (None when there is no such upload)."""
+        seen: dict[str, dict | None] = {}
+
+        def meta(ref: str) -> dict | None:
+            if ref not in seen:
+                seen[ref] = self.objects.head(
+                    keys.input_object(self.settings.s3_prefix, tenant, ref)
+                )
+            return seen[ref]
+
+        return meta
+
+    def upload_input(self, data: bytes, *, tenant: str = keys.DEFAULT_TENANT) -> dict:
+        """Store an input image (checked first); returns its reference for job specs."""
+        from farm.stores.inputs import array_to_png, check_image
+
+        if data.startswith(b"\x93NUMPY"):
+            # A mask as an array (the guides build masks with NumPy): stored as its PNG.
+            data = array_to_png(data)
+        img = check_image(data)
+        key = keys.input_object(self.settings.s3_prefix, tenant, img.ref)
+        if self.objects.head(key) is None:
+            meta = {"width": str(img.width), "height": str(img.height), "format": img.format}
+            self.objects.put(key, data, f"image/{img.format.lower()}", metadata=meta)
+        return {"input": img.ref, "width": img.width, "height": img.height, "format": img.format}
+
+    def _create(
+        self, campaign_id: str, tenant: str, campaign: CampaignSpec, specs: list[JobSpec]
+    ) -> None:
+        pairs = [(new_id(), s) for s in specs]
+        prefix = self.settings.s3_prefix
+        manifest = {
+            "campaign_id": campaign_id,
+            "tenant": tenant,
+            "name": campaign.name,
+            "created_at": time.time(),
+            "spec": campaign.model_dump(mode="json"),
+            "jobs": [
+                {
+                    "job_id": j,
+                    "spec": s.to_dict(),
+                    "key": keys.image_object(prefix, tenant, campaign_id, j),
+                }
+                for j, s in pairs
+            ],
+        }
+        # The manifest first: once it exists, `resume` can rebuild everything else from it.
+        self.objects.put(
+            keys.manifest_object(prefix, tenant, campaign_id),
+            json.dumps(manifest, ensure_ascii=False).encode(),
+            "application/json",
+        )
+        self.records.create_campaign(campaign_id, tenant, pairs, prefix=prefix, name=campaign.name)
+        self._schedule(campaign_id, tenant, pairs, [j for j, _ in pairs])
+
+    def _message(
+        self,
+        job_id: str,
+        campaign_id: str,
+        tenant: str,
+        spec: JobSpec,
+        ids: list[str] | None = None,
+    ) -> dict:
+        """A job's task arguments: ids, its spec, where its image goes and where its inputs are."""
+        prefix = self.settings.s3_prefix
+        inputs = {ref: keys.input_object(prefix, tenant, ref) for ref in spec.input_refs()}
+        parents = spec.parent_indexes()
+        for n, rec in zip(parents, self.records.get_many([ids[n] for n in parents]), strict=True):
+            # A chained job reads the first image of the job it names.
+            inputs[f"job:{n}"] = rec.s3_keys[0]
+        kwargs = {
+            "job_id": job_id,
+            "campaign_id": campaign_id,
+            "spec": spec.to_dict(),
+            "key": keys.image_object(prefix, tenant, campaign_id, job_id),
+            "inputs": inputs,
+        }
+        if not get(spec.model).two_stage:
+            kwargs["emb_key"] = None
+        return kwargs
+
+    def _schedule(
+        self, campaign_id: str, tenant: str, jobs: list[tuple[str, JobSpec]], ids: list[str]
+    ) -> None:
+        """Enqueue the jobs that can run now; hold chained jobs until the jobs they read are done."""
+        ready, held = [], []
+        for job_id, spec in jobs:
+            (held if spec.parent_indexes() else ready).append((job_id, spec))
+        self._enqueue(campaign_id, tenant, ready, ids)
+        if not held:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id, spec in held:
+            parents = [ids[n] for n in spec.parent_indexes()]
+            message = {
+                "task": fleet.first_task(spec.model),
+                "kwargs": self._message(job_id, campaign_id, tenant, spec, ids),
+                "parents": parents,
+            }
+            pipe.set(keys.pending(job_id), json.dumps(message), ex=self.settings.record_ttl_s)
+            for parent in parents:
+                pipe.sadd(keys.children(parent), job_id)
+                pipe.expire(keys.children(parent), self.settings.record_ttl_s)
+        pipe.execute()
+        # A parent may have finished before its child was registered: look once more.
+        for job_id, _ in held:
+            release(self.redis, self.records, self.app, job_id)
+
+    def _enqueue(
+        self, campaign_id: str, tenant: str, pairs: list[tuple[str, JobSpec]], ids: list[str]
+    ) -> None:
+        """Publish prior tasks in pipelined batches (one Redis round trip per 1,000 messages)."""
+        try:
+            with self.app.producer_or_acquire() as producer:
+                # Declared on every submission, not once per connection: after a Redis restart
+                # without data the routing tables are gone and messages would be dropped.
+                for queue in self.app.amqp.queues.values():
+                    queue.bind(producer.channel).declare()
+                with producer.batch(max_size=1000):
+                    for job_id, spec in pairs:
+                        self.app.send_task(
+                            fleet.first_task(spec.model),
+                            kwargs=self._message(job_id, campaign_id, tenant, spec, ids),
+                            producer=producer,
+                            declare=[],  # declared above, once; per message it is a round trip
+                            # The job records are the results; a result subscription per
+                            # message would be another Redis command each.
+                            ignore_result=True,
+                            kwargsrepr=f"{{'job_id': '{job_id}', 'campaign_id': '{campaign_id}'}}",
+                        )
+        except (redis.RedisError, OSError) as e:
+            raise ServiceUnavailable(f"broker: cannot enqueue: {e}") from e
+
+    # -- read ---------------------------------------------------------------------------------

@@ -1,0 +1,145 @@
+"""Reading: campaign status (with why it waits), campaign lists, job pages, the fleet."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+from farm import fleet, keys
+from farm.domain.jobs import JobRecord, JobState
+from farm.errors import InvalidJob, NotFound
+from farm.stores.records import ACTIVE
+
+
+class Views:
+    """Farm's read verbs (mixed into ``Farm``)."""
+
+    def campaign(self, campaign_id: str, *, tenant: str = keys.DEFAULT_TENANT):
+        """A handle on one of the tenant's campaigns (``farm.service.Campaign``)."""
+        from farm.service.farm import Campaign
+
+        self._info(campaign_id, tenant)
+        return Campaign(self, campaign_id, self.records.campaign_job_ids(campaign_id), tenant)
+
+    def _info(self, campaign_id: str, tenant: str) -> dict:
+        info = self.records.campaign(campaign_id)
+        if info is None or info.get("tenant") != tenant:
+            # Another tenant's campaign is indistinguishable from a missing one.
+            raise NotFound(f"unknown campaign {campaign_id}")
+        return info
+
+    def status(self, campaign_id: str, *, tenant: str = keys.DEFAULT_TENANT) -> dict:
+        info = self._info(campaign_id, tenant)
+        counts = info["counts"]
+        total = int(info["total"])
+        now = time.time()
+        started = float(info["started_at"]) if info.get("started_at") else None
+        finished = float(info["finished_at"]) if info.get("finished_at") else None
+        rate = None
+        if started is not None and counts["done"]:
+            rate = counts["done"] / max((finished or now) - started, 1e-6)
+        remaining = sum(counts[s.value] for s in ACTIVE)
+        eta = (remaining / rate) if rate and remaining else (0.0 if finished else None)
+        if info.get("cancelled"):
+            state = "cancelled"
+        elif finished:
+            state = "finished"
+        elif started:
+            state = "running"
+        else:
+            state = "queued"
+        reasons = []
+        if remaining and state in ("queued", "running"):
+            # Accepted but nobody to run it (a fleet scaled to zero, a family not placed yet):
+            # waiting, with the reason, never failed.
+            reasons = fleet.waiting_reasons(self.redis, self.records.campaign_families(campaign_id))
+            if reasons:
+                state = "waiting"
+        return {
+            "id": campaign_id,
+            "name": info.get("name") or None,
+            "state": state,
+            "waiting_reason": "; ".join(reasons) or None,
+            "total": total,
+            "counts": counts,
+            "images_per_second": round(rate, 4) if rate else None,
+            "eta_s": round(eta, 1) if eta is not None else None,
+            "created_at": float(info["created_at"]),
+            "started_at": started,
+            "finished_at": finished,
+        }
+
+    def list_campaigns(self, *, tenant: str = keys.DEFAULT_TENANT, limit: int = 100) -> list[dict]:
+        out = []
+        for cid in self.records.tenant_campaigns(tenant, limit):
+            try:
+                out.append(self.status(cid, tenant=tenant))
+            except NotFound:
+                continue
+        return out
+
+    def jobs_page(
+        self,
+        campaign_id: str,
+        *,
+        tenant: str = keys.DEFAULT_TENANT,
+        state: JobState | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+        presign_s: int = 900,
+    ) -> tuple[list[dict], str | None]:
+        """One page of a campaign's jobs, optionally of one state, and the cursor to the next."""
+        info = self._info(campaign_id, tenant)
+        total = int(info["total"])
+        index = _decode_cursor(cursor)
+        items: list[dict] = []
+        while index < total and len(items) < limit:
+            ids = self.records.campaign_job_ids(campaign_id, index, index + max(limit, 100) - 1)
+            if not ids:
+                break
+            for offset, rec in enumerate(self.records.get_many(ids)):
+                if rec is None or (state is not None and rec.state != state):
+                    continue
+                items.append(self._job_view(rec, presign_s))
+                if len(items) == limit:
+                    index += offset + 1
+                    break
+            else:
+                index += len(ids)
+        more = index < total
+        return items, (_encode_cursor(index) if more else None)
+
+    def _job_view(self, rec: JobRecord, presign_s: int) -> dict:
+        done = rec.state == JobState.DONE
+        return {
+            "job_id": rec.job_id,
+            "state": rec.state.value,
+            "spec": rec.spec.to_dict(),
+            "seed": rec.seed,
+            "s3_key": rec.s3_key,
+            "s3_keys": rec.s3_keys,
+            "url": self.objects.presigned_url(rec.s3_key, presign_s) if done else None,
+            "urls": [self.objects.presigned_url(k, presign_s) for k in rec.s3_keys] if done else [],
+            "timings": rec.timings,
+            "error": rec.error,
+        }
+
+    def fleet(self) -> dict:
+        """Every queue of the enabled families (depth, consumers) and every live worker."""
+        return fleet.fleet(self.redis, self.settings.enabled_families)
+
+
+def _encode_cursor(index: int) -> str:
+    return base64.urlsafe_b64encode(str(index).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> int:
+    if not cursor:
+        return 0
+    try:
+        value = int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
+    except ValueError:
+        raise InvalidJob("cursor", "not a cursor returned by this API") from None
+    if value < 0:
+        raise InvalidJob("cursor", "not a cursor returned by this API")
+    return value

@@ -173,7 +173,7 @@ class Settings(BaseSettings):
 
     def with_stack(self) -> Settings:
         """Fill unset endpoints and credentials from the local stack's state file, if it runs."""
-        if self.redis_url and self.s3_endpoint and self.api_url:
+        if self.redis_url and self.s3_endpoint and self.api_url and self.models:
             return self
         state = self.state_dir / "stack.json"
         if not state.is_file():
@@ -187,6 +187,9 @@ class Settings(BaseSettings):
             update["s3_access_key"] = SecretStr(stack["s3_access_key"])
             update["s3_secret_key"] = SecretStr(stack["s3_secret_key"])
             update["s3_bucket"] = stack.get("bucket", self.s3_bucket)
+        if not self.models and stack.get("models"):
+            # The stack's families: what its API accepts and its workers serve.
+            update["models"] = ",".join(stack["models"])
         if not self.api_url and stack.get("api_url"):
             update["api_url"] = stack["api_url"]
             if not self.api_token:

@@ -17,8 +17,14 @@ def validate(jobs):
     ("data", "field", "words"),
     [
         ({"prompt": "x", "height": 100}, "height", "multiple of 64"),
-        ({"prompt": "x", "width": 0}, "width", "greater than or equal to 64"),
-        ({"prompt": "x", "width": 4096}, "width", "less than or equal to 2048"),
+        ({"prompt": "x", "width": 32}, "width", "between 64 and 2048 for kandinsky-2.2 (got 32)"),
+        ({"prompt": "x", "width": 0}, "width", "greater than or equal to 1"),
+        ({"prompt": "x", "width": 4096}, "width", "between 64 and 2048 for kandinsky-2.2"),
+        (
+            {"prompt": "x", "num_inference_steps": 600},
+            "num_inference_steps",
+            "at most 500 for kandinsky-2.2",
+        ),
         ({"prompt": ""}, "prompt", "required"),
         ({"prompt": "   "}, "prompt", "blank"),
         ({}, "prompt", "required"),
@@ -174,7 +180,12 @@ def test_bad_campaign_names_where(body, field):
         (
             {"prompt": "x", "task": "paint"},
             "task",
-            "'text2img', 'img2img', 'inpaint', 'interpolate', 'controlnet-depth' or 'controlnet-depth-img2img'",
+            "unknown task 'paint'; known: text2img, img2img, inpaint, interpolate, controlnet-depth, controlnet-depth-img2img",
+        ),
+        (
+            {"prompt": "x", "model": "kandinsky-3", "task": "inpaint"},
+            "task",
+            "kandinsky-3 does not support 'inpaint'; it supports: text2img, img2img",
         ),
     ],
 )
@@ -225,11 +236,30 @@ def test_defaults_match_each_pipelines_own_signature():
     import inspect
 
     import diffusers
-    from farm.capabilities import MODELS
+    from diffusers.pipelines.auto_pipeline import (
+        AUTO_IMAGE2IMAGE_PIPELINES_MAPPING,
+        AUTO_INPAINT_PIPELINES_MAPPING,
+        AUTO_TEXT2IMAGE_PIPELINES_MAPPING,
+    )
 
-    for model, info in MODELS.items():
-        for task, (_, decoder_class) in info.tasks.items():
-            params = inspect.signature(getattr(diffusers, decoder_class).__call__).parameters
+    from farm.families import REGISTRY
+
+    # An AutoPipeline runs the class diffusers maps the loaded pipeline to.
+    auto = {
+        "AutoPipelineForText2Image": AUTO_TEXT2IMAGE_PIPELINES_MAPPING,
+        "AutoPipelineForImage2Image": AUTO_IMAGE2IMAGE_PIPELINES_MAPPING,
+        "AutoPipelineForInpainting": AUTO_INPAINT_PIPELINES_MAPPING,
+    }
+    real = {
+        "kandinsky-2.2-auto": "kandinsky22",
+        "sdxl-refiner": "stable-diffusion-xl",
+    }
+    for model, family in REGISTRY.items():
+        for task, spec in family.tasks.items():
+            cls = spec.decoder.cls
+            if cls in auto:
+                cls = auto[cls][real[model]].__name__
+            params = inspect.signature(getattr(diffusers, cls).__call__).parameters
             data = {"model": model, "task": task, "prompt": "x"}
             data |= (
                 {"image": "in:" + "a" * 64, "mask": "in:" + "b" * 64}

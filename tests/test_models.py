@@ -1,16 +1,22 @@
-"""Model registry and the tiny builder: deterministic builds, clear loading errors."""
+"""Families' parts: deterministic tiny builds, verification that names what is wrong, loading,
+and the worker's pipelines built from the registry (LRU of families)."""
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 
 import pytest
-from farm.models.registry import load_pipeline, resolve
-from farm.models.tiny import build_k22, is_tiny
 
 from farm.errors import ModelError
+from farm.families import REGISTRY, get
+from farm.families.loading import load, verify
+from farm.families.tiny import build_k22_decoder, build_k22_prior, is_tiny
+from farm.local.models import build_tiny, rows
 from farm.local.stack import Stack
 from farm.settings import Settings
+
+K22 = get("kandinsky-2.2")
 
 
 def _digest(folder):
@@ -23,50 +29,129 @@ def _digest(folder):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_k22(tmp_path_factory.mktemp("tiny"))
+def tiny_settings(tmp_path_factory):
+    """Settings whose tiny Kandinsky 2.2, 2.1 and 3 parts are built."""
+    s = Settings(state_dir=tmp_path_factory.mktemp("state"))
+    build_tiny(s, ["kandinsky-2.2", "kandinsky-2.1", "kandinsky-3"])
+    return s
 
 
-def test_tiny_build_is_deterministic(tiny, tmp_path):
-    again = build_k22(tmp_path)
-    for stage in ("prior", "decoder"):
-        assert is_tiny(tiny[stage])
-        assert _digest(tiny[stage]) == _digest(again[stage])
+def test_tiny_build_is_deterministic(tiny_settings, tmp_path):
+    build_k22_prior(tmp_path / "prior")
+    build_k22_decoder(tmp_path / "decoder")
+    for part in ("prior", "decoder"):
+        assert is_tiny(tmp_path / part)
+        assert _digest(tiny_settings.tiny_dir / part) == _digest(tmp_path / part)
 
 
-def test_resolve_folders_and_hub_ids(tiny):
-    assert resolve(str(tiny["prior"]), "prior").pipeline_class == "KandinskyV22PriorPipeline"
-    assert resolve(str(tiny["decoder"]), "decoder").pipeline_class == "KandinskyV22Pipeline"
-    assert resolve("kandinsky-community/kandinsky-2-2-decoder", "decoder").family == "kandinsky-2.2"
+def test_every_part_of_built_families_verifies(tiny_settings):
+    for name in ("kandinsky-2.2", "kandinsky-2.1", "kandinsky-3"):
+        family = get(name)
+        for part in family.parts:
+            verify(family, part, tiny_settings.location(part), tiny=True)
+    listed = rows(tiny_settings, ["kandinsky-2.2", "sd-1.5"])
+    assert {r["family"] for r in listed if not r["ok"]} == {"sd-1.5"}  # not built
 
 
-def test_wrong_stage_is_refused(tiny):
-    with pytest.raises(ModelError, match="a prior pipeline, configured as the decoder model"):
-        resolve(str(tiny["prior"]), "decoder")
+def test_missing_part_names_family_part_place_and_fix(tiny_settings, tmp_path):
+    part = get("sd-1.5").part("sd15")
+    with pytest.raises(ModelError) as exc:
+        verify(get("sd-1.5"), part, str(tmp_path / "nope"), tiny=True)
+    msg = str(exc.value)
+    for words in ("sd-1.5", "'sd15'", "FARM_SD15_MODEL", str(tmp_path / "nope"), "no such folder"):
+        assert words in msg
+    assert "farm models build sd-1.5" in msg
 
 
-def test_missing_folder_says_how_to_build(tmp_path):
-    with pytest.raises(ModelError, match="farm models tiny"):
-        resolve(str(tmp_path / "nope"), "prior")
+def test_broken_part_is_refused(tiny_settings, tmp_path):
+    broken = tmp_path / "decoder"
+    shutil.copytree(tiny_settings.tiny_dir / "decoder", broken)
+    shutil.rmtree(broken / "unet")
+    with pytest.raises(ModelError, match="component unet/ is missing"):
+        verify(K22, K22.part("decoder"), str(broken))
+    shutil.copytree(tiny_settings.tiny_dir / "decoder" / "unet", broken / "unet")
+    for weights in (broken / "unet").glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(ModelError, match="unet/ has no weights file"):
+        verify(K22, K22.part("decoder"), str(broken))
 
 
-def test_unknown_hub_id_lists_known(tmp_path):
-    with pytest.raises(ModelError, match="kandinsky-community/kandinsky-2-2-prior"):
-        resolve("someone/some-model", "prior")
+def test_wrong_part_is_refused(tiny_settings):
+    with pytest.raises(ModelError, match="holds a KandinskyV22PriorPipeline pipeline"):
+        verify(K22, K22.part("decoder"), str(tiny_settings.tiny_dir / "prior"))
 
 
-def test_uncached_hub_id_offline_is_clear(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
-    with pytest.raises(ModelError, match="weights not found locally.*huggingface-cli download"):
-        load_pipeline("kandinsky-community/kandinsky-2-2-prior", "prior")
+def test_uncached_hub_id_offline_says_how_to_fetch(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    part = K22.part("prior")
+    with pytest.raises(ModelError) as exc:
+        verify(K22, part, part.hub_id)
+    assert "not in the Hugging Face cache" in str(exc.value)
+    assert "farm models fetch kandinsky-2.2" in str(exc.value)
 
 
-def test_tiny_pipeline_loads_in_the_requested_dtype(tiny):
+def test_tiny_part_loads_in_the_requested_dtype(tiny_settings):
     import torch
 
-    pipe = load_pipeline(str(tiny["decoder"]), "decoder", dtype="bfloat16")
+    part = K22.part("decoder")
+    pipe = load(part, tiny_settings.location(part), dtype="bfloat16")
     assert pipe.unet.dtype == torch.bfloat16
+
+
+def test_worker_builds_each_tasks_pipeline_from_the_registry(tiny_settings):
+    """Every (family, task) of the built families resolves to the class the family declares,
+    derived over loaded weights (no second load of the same part)."""
+    from workers.context import Models
+
+    for stage in ("prior", "decoder"):
+        families = [
+            f for f in ("kandinsky-2.2", "kandinsky-2.1", "kandinsky-3") if stage in get(f).stages
+        ]
+        models = Models(tiny_settings, stage, families)
+        for name in families:
+            for task, spec in get(name).tasks.items():
+                pipe_spec = spec.prior if stage == "prior" else spec.decoder
+                if pipe_spec is None:
+                    continue
+                pipe = models.pipeline(name, task)
+                part = get(name).part(pipe_spec.part)
+                expected = pipe_spec.cls if pipe_spec.cls != part.load_as else part.load_as
+                assert type(pipe).__name__ == expected, (name, task, stage)
+        assert models.loads == len(families)  # one load per family, tasks share it
+        if stage == "decoder":
+            img2img = models.pipeline("kandinsky-2.2", "img2img")
+            assert img2img.unet is models.pipeline("kandinsky-2.2", "text2img").unet
+
+
+def test_worker_keeps_at_most_resident_families(tiny_settings):
+    from workers.context import Models
+
+    models = Models(tiny_settings, "decoder", ["kandinsky-2.2", "kandinsky-3"], capacity=1)
+    models.pipeline("kandinsky-2.2", "text2img")
+    models.pipeline("kandinsky-2.2", "img2img")
+    assert models.resident_parts() == [
+        "kandinsky-2.2/decoder",
+        "kandinsky-2.2/inpaint",
+        "kandinsky-2.2/controlnet",
+    ]
+    models.pipeline("kandinsky-3", "text2img")
+    assert models.resident_parts() == ["kandinsky-3/kandinsky3"]
+    assert (models.loads, models.evictions) == (2, 1)
+    with pytest.raises(ModelError, match="does not serve sd-1.5"):
+        models.pipeline("sd-1.5", "text2img")
+
+
+def test_registry_hub_ids_are_unique_per_weights():
+    seen = {}
+    for family in REGISTRY.values():
+        for part in family.parts:
+            seen.setdefault(part.hub_id, set()).add(part.setting)
+    # One setting per set of weights: the AutoPipelines family reuses 2.2's own parts.
+    assert all(len(settings) == 1 for settings in seen.values()), seen
 
 
 @pytest.mark.parametrize(
@@ -84,16 +169,22 @@ def test_cuda_workers_never_fork(device, pool, expected, tmp_path):
 
 
 @pytest.mark.gpu
-def test_decoder_on_cuda_matches_shape(tiny):
+def test_decoder_on_cuda_renders_the_requested_size(tiny_settings):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     from farm.domain.jobs import JobSpec
     from farm.stages import run_decoder, run_prior
 
-    prior = load_pipeline(str(tiny["prior"]), "prior", device="cuda")
-    decoder = load_pipeline(str(tiny["decoder"]), "decoder", device="cuda", dtype="float16")
+    prior = load(K22.part("prior"), tiny_settings.location(K22.part("prior")), device="cuda")
+    decoder = load(
+        K22.part("decoder"),
+        tiny_settings.location(K22.part("decoder")),
+        device="cuda",
+        dtype="float16",
+    )
     job = JobSpec.parse(
         {"prompt": "cat", "seed": 1, "height": 64, "width": 128, "num_inference_steps": 2}
     )
-    assert run_decoder(decoder, job, run_prior(prior, job)).size == (128, 64)
+    images = run_decoder(decoder, job, run_prior(prior, job))
+    assert [im.size for im in images] == [(128, 64)]

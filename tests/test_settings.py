@@ -7,6 +7,7 @@ import json
 import pytest
 
 from farm.errors import ConfigError
+from farm.families import REGISTRY, get
 from farm.settings import Settings
 from workers.app import celery_config, create_app
 
@@ -16,7 +17,33 @@ def test_env_prefix_and_defaults(monkeypatch):
     monkeypatch.setenv("FARM_EMBEDDING_TTL_S", "60")
     s = Settings.load()
     assert s.s3_bucket == "renders-x" and s.embedding_ttl_s == 60
-    assert s.prior_model == "tiny" and s.device == "cpu" and s.dtype == "float32"
+    assert s.locations == {} and s.device == "cpu" and s.dtype == "float32"
+
+
+def test_part_locations_come_from_their_variables(monkeypatch, tmp_path):
+    monkeypatch.setenv("FARM_DECODER_MODEL", "/weights/k22-decoder")
+    monkeypatch.setenv("FARM_KANDINSKY3_MODEL", "kandinsky-community/kandinsky-3")
+    s = Settings.load(state_dir=tmp_path)
+    k22 = get("kandinsky-2.2")
+    assert s.location(k22.part("decoder")) == "/weights/k22-decoder"
+    assert s.location(get("kandinsky-3").part("kandinsky3")) == "kandinsky-community/kandinsky-3"
+    assert s.location(k22.part("prior")) == str(tmp_path.resolve() / "models" / "tiny" / "prior")
+    env = s.worker_env()
+    assert env["FARM_DECODER_MODEL"] == "/weights/k22-decoder" and "FARM_LOCATIONS" not in env
+
+
+def test_enabled_families_are_checked(monkeypatch):
+    monkeypatch.setenv("FARM_MODELS", "kandinsky-2.2, kandinsky-3")
+    assert Settings.load().enabled_families == ("kandinsky-2.2", "kandinsky-3")
+    monkeypatch.setenv("FARM_MODELS", "kandinsky-2.2,dalle")
+    with pytest.raises(
+        ConfigError, match="FARM_MODELS: unknown model family dalle; known: kandinsky-2.2"
+    ):
+        Settings.load()
+    monkeypatch.delenv("FARM_MODELS")
+    monkeypatch.setenv("FARM_WORKER_MODELS", "kandinsky-3")
+    s = Settings.load()
+    assert s.served_families == ("kandinsky-3",) and len(s.enabled_families) == len(REGISTRY)
 
 
 def test_visibility_timeout_must_exceed_time_limit():
@@ -62,10 +89,16 @@ def test_worker_env_round_trips(tmp_path):
 
 
 def test_tiny_resolves_to_state_folder(tmp_path):
+    k22 = get("kandinsky-2.2")
     s = Settings(state_dir=tmp_path)
-    assert s.model_folder("prior") == str(tmp_path.resolve() / "models" / "tiny-k22" / "prior")
-    real = Settings(state_dir=tmp_path, decoder_model="kandinsky-community/kandinsky-2-2-decoder")
-    assert real.model_folder("decoder") == "kandinsky-community/kandinsky-2-2-decoder"
+    assert s.location(k22.part("prior")) == str(tmp_path.resolve() / "models" / "tiny" / "prior")
+    hub = k22.part("decoder").hub_id
+    real = Settings(state_dir=tmp_path, decoder_model=hub)
+    assert real.location(k22.part("decoder")) == hub and not real.is_tiny_location(
+        k22.part("decoder")
+    )
+    # The 2.1 prior's tiny build is the 2.2 prior (the same components).
+    assert s.location(get("kandinsky-2.1").part("prior")) == s.location(k22.part("prior"))
 
 
 def test_celery_config_is_safe(tmp_path):
@@ -86,8 +119,20 @@ def test_celery_config_is_safe(tmp_path):
     assert conf["worker_cancel_long_running_tasks_on_connection_loss"]
     assert conf["broker_connection_max_retries"] is None
     assert conf["worker_proc_alive_timeout"] >= 120  # a child loading models must not be killed
-    routes = conf["task_routes"]
-    assert routes["farm.prior"]["queue"] == "prior" and routes["farm.decoder"]["queue"] == "decoder"
+    assert {q.name for q in conf["task_queues"]} >= {
+        "prior.kandinsky-2.2",
+        "decoder.kandinsky-2.2",
+        "decoder.kandinsky-3",
+        "finalize",
+    }
+    assert "prior.kandinsky-3" not in {q.name for q in conf["task_queues"]}  # no prior stage
+    (route,) = conf["task_routes"]
+    spec = {"spec": {"model": "kandinsky-2.1"}}
+    assert route("farm.prior", (), spec, {}) == {"queue": "prior.kandinsky-2.1"}
+    assert route("farm.decoder", (), spec, {}) == {"queue": "decoder.kandinsky-2.1"}
+    assert route("farm.finalize", (), {"campaign_id": "c"}, {}) == {"queue": "finalize"}
+    only = celery_config(Settings(state_dir=tmp_path, models="kandinsky-3"))
+    assert [q.name for q in only["task_queues"]] == ["decoder.kandinsky-3", "finalize"]
 
 
 def test_app_refuses_pickle(tmp_path):
@@ -117,7 +162,7 @@ def test_api_tokens_parse_and_refuse_weak_ones():
 def test_readme_shows_the_capability_matrix():
     from pathlib import Path
 
-    from farm.capabilities import markdown_matrix
+    from farm.families import markdown_matrix
 
     readme = Path(__file__).resolve().parent.parent.joinpath("README.md").read_text()
     assert markdown_matrix() in readme, (

@@ -25,7 +25,7 @@ from pydantic import (
 from farm import families, keys
 from farm.errors import InvalidJob
 
-MIN_SIDE = 8  # the widest bounds any family has; each family's own limits are checked after
+MIN_SIDE = 1  # the widest bounds; each family's own limits are checked after, naming the family
 # An input image: an upload by content hash, or "job:<n>", the first image of the campaign's n-th
 # job (a chained job runs when that job is done, without the client in the loop).
 INPUT_REF = r"^(in:[0-9a-f]{64}|job:\d{1,6})$"
@@ -110,15 +110,15 @@ class JobSpec(BaseModel):
         limits = family.limits
         for name in ("height", "width"):
             value = getattr(self, name)
-            if value % limits.size_multiple:
-                # Kandinsky's MoVQ and the SD VAE downsample by 8; Kandinsky also rounds to 64.
-                raise ValueError(
-                    f"{name}|must be a multiple of {limits.size_multiple} for {self.model} (got {value})"
-                )
             if not limits.min_side <= value <= limits.max_side:
                 raise ValueError(
                     f"{name}|must be between {limits.min_side} and {limits.max_side} for "
                     f"{self.model} (got {value})"
+                )
+            if value % limits.size_multiple:
+                # Kandinsky's MoVQ and the SD VAE downsample by 8; Kandinsky also rounds to 64.
+                raise ValueError(
+                    f"{name}|must be a multiple of {limits.size_multiple} for {self.model} (got {value})"
                 )
         for name, most in (
             ("num_inference_steps", limits.max_steps),

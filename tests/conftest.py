@@ -69,6 +69,25 @@ def object_store(settings):
     return ObjectStore.from_settings(settings)
 
 
+@pytest.fixture(autouse=True)
+def _clean_farm_data(request):
+    """Each test that uses the session's Redis starts without other tests' campaigns and jobs.
+
+    The farm's own data keys go; what the long-lived workers need stays (their heartbeats, the
+    broker's queue bindings), so the session's workers keep serving.
+    """
+    if "valkey" not in request.fixturenames and "stack" not in request.fixturenames:
+        yield
+        return
+    client = redis.Redis.from_url(request.getfixturevalue("valkey"))
+    keep = (b"farm:worker", b"farm:workers")
+    batch = [k for k in client.scan_iter(match="farm:*", count=1000) if not k.startswith(keep)]
+    for start in range(0, len(batch), 500):
+        client.delete(*batch[start : start + 500])
+    client.close()
+    yield
+
+
 @pytest.fixture
 def redis_client(valkey):
     client = redis.Redis.from_url(valkey)

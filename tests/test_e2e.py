@@ -14,6 +14,8 @@ from farm import keys
 from farm.domain.jobs import JobState
 from farm.errors import InvalidJob
 
+K22_PRIOR_QUEUE = "prior.kandinsky-2.2"
+
 pytestmark = pytest.mark.slow
 
 FAST = {"num_inference_steps": 2, "prior_num_inference_steps": 2}
@@ -102,12 +104,12 @@ def test_different_seeds_give_different_pictures(farm, object_store):
 
 
 def test_bad_job_refused_before_anything_is_enqueued(farm, redis_client):
-    before_queue = redis_client.llen(keys.PRIOR_QUEUE)
+    before_queue = redis_client.llen(K22_PRIOR_QUEUE)
     before_jobs = len(redis_client.keys(keys.job("*")))
     with pytest.raises(InvalidJob) as exc:
         farm.submit([{"prompt": "fine", **FAST}, {"prompt": "bad", "height": 100}])
     assert exc.value.field == "height" and exc.value.index == 1
-    assert redis_client.llen(keys.PRIOR_QUEUE) == before_queue
+    assert redis_client.llen(K22_PRIOR_QUEUE) == before_queue
     assert len(redis_client.keys(keys.job("*"))) == before_jobs
 
 
@@ -117,7 +119,7 @@ def test_lost_embeddings_are_recomputed(farm, redis_client, stack):
     job_id = campaign.job_ids[0]
     campaign.wait(timeout=60)
     # Replay the decoder message for a job whose embeddings expired (state reset as after a crash).
-    farm.stores.records.move(job_id, campaign.id, JobState.DECODING, tuple(JobState))
+    farm.records.move(job_id, campaign.id, JobState.DECODING, tuple(JobState))
     redis_client.delete(keys.attempts(job_id, "decoder"), keys.attempts(job_id, "prior"))
     farm.app.send_task(
         keys.DECODER_TASK,
@@ -167,7 +169,7 @@ def test_pickle_message_is_refused(farm, redis_client):
         producer = conn.Producer(serializer="pickle")
         producer.publish(
             {"task": keys.PRIOR_TASK, "id": "evil", "args": [], "kwargs": {}},
-            routing_key=keys.PRIOR_QUEUE,
+            routing_key=K22_PRIOR_QUEUE,
             serializer="pickle",
             headers={
                 "task": keys.PRIOR_TASK,
@@ -179,9 +181,9 @@ def test_pickle_message_is_refused(farm, redis_client):
         )
     # The worker drops it (content type not accepted); the queue drains and nothing ran.
     deadline = time.monotonic() + 20
-    while redis_client.llen(keys.PRIOR_QUEUE) and time.monotonic() < deadline:
+    while redis_client.llen(K22_PRIOR_QUEUE) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert redis_client.llen(keys.PRIOR_QUEUE) == 0
+    assert redis_client.llen(K22_PRIOR_QUEUE) == 0
     assert farm.app.AsyncResult("evil").state == "PENDING"
 
 
@@ -190,7 +192,7 @@ def test_failure_is_recorded_with_type_and_message(farm, redis_client):
     campaign = farm.submit([{"prompt": "boom", "seed": 1, "height": 64, "width": 64, **FAST}])
     job_id = campaign.job_ids[0]
     campaign.wait(timeout=60)
-    farm.stores.records.move(job_id, campaign.id, JobState.QUEUED, tuple(JobState))
+    farm.records.move(job_id, campaign.id, JobState.QUEUED, tuple(JobState))
     redis_client.delete(keys.attempts(job_id, "prior"))
     # A spec the worker cannot parse (bypassing submission's validation) fails in the task.
     farm.app.send_task(

@@ -45,6 +45,22 @@ def own_stack(seaweed, tmp_path_factory):
         valkey.stop()
 
 
+def _wait_idle(settings, timeout: float = 60) -> None:
+    """Until no worker has a task in hand (asked over the broker, as `celery inspect` does)."""
+    from workers.app import create_app
+
+    app = create_app(settings)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            active = app.control.inspect(timeout=0.5).active()
+            if active is not None and not any(active.values()):
+                return
+        raise AssertionError("workers still busy")
+    finally:
+        app.close()
+
+
 def test_resume_after_redis_flushed_completely(own_stack):
     settings, stack, token = own_stack
     from farm.stores.objects import ObjectStore
@@ -59,7 +75,7 @@ def test_resume_after_redis_flushed_completely(own_stack):
         while handle.status()["counts"]["done"] < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         r.flushall()  # queued messages, records, embeddings, counters: all gone
-        time.sleep(1.5)  # let the jobs that were running finish against the empty Redis
+        _wait_idle(settings)  # the jobs that were running finish against the empty Redis
         out = handle.resume()
         assert out["requeued"] + out["present"] == 10 and out["requeued"] >= 1
         status = handle.wait(timeout=180)
@@ -130,7 +146,7 @@ def test_worker_killed_mid_decode_job_still_finishes_once(own_stack):
     settings, stack, token = own_stack
     from farm.stores.objects import ObjectStore
 
-    decoder = next(p for p in stack.procs() if p.name == "worker-decoder")
+    decoder = next(p for p in stack.procs() if p.name == "worker-decoder-1")
     slow = {**SLOW, "num_inference_steps": 60, "height": 192, "width": 192}
     with Client(stack.read_state()["api_url"], token) as client:
         handle = client.submit_job({"prompt": "survive a crash", "seed": 11, **slow})

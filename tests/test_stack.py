@@ -42,7 +42,15 @@ def test_status_json_lists_endpoints_and_workers(stack, settings):
     assert status["redis_url"] == settings.redis_url
     assert status["s3_endpoint"] == settings.s3_endpoint and status["bucket"] == "farm-test"
     assert status["flower_url"].startswith("http://127.0.0.1:")
-    assert status["workers"] == {"prior": 1, "decoder": 1}
+    queues = {q["name"]: q for q in status["queues"]}
+    assert set(queues) >= {"prior.kandinsky-2.2", "decoder.kandinsky-2.2", "decoder.kandinsky-3"}
+    assert all(len(q["workers"]) == 1 for name, q in queues.items() if name != "finalize")
+    assert len(queues["finalize"]["workers"]) == 2 and queues["prior.kandinsky-2.2"]["depth"] == 0
+    by_stage = {w["stage"]: w for w in status["workers"]}
+    assert set(by_stage) == {"prior", "decoder"}
+    decoder = by_stage["decoder"]
+    assert "kandinsky-3/kandinsky3" in decoder["resident_parts"]
+    assert decoder["rss_bytes"] > 50 * 2**20 and decoder["loads"] == len(decoder["families"])
     # Human output never shows the Redis password.
     human = _farm("status", env=_clean_env(FARM_STATE_DIR=str(settings.state_dir)))
     password = settings.redis_url.split(":")[2].split("@")[0]
@@ -66,7 +74,7 @@ def test_flower_sees_workers_and_tasks(stack, farm):
     assert names >= {"farm.prior", "farm.decoder"}
     workers = httpx.get(f"{flower}/api/workers", params={"refresh": "true"}).json()
     queues = {q["name"] for w in workers.values() for q in w.get("active_queues", [])}
-    assert queues >= {"prior", "decoder"}
+    assert queues >= {"prior.kandinsky-2.2", "decoder.kandinsky-2.2", "decoder.kandinsky-3"}
     assert "flower_events_total" in httpx.get(f"{flower}/metrics").text
 
 
@@ -142,12 +150,104 @@ def test_worker_with_missing_model_refuses_to_start(settings, tmp_path):
     from farm.local.stack import Stack
 
     broken = settings.model_copy(
-        update={"state_dir": tmp_path, "prior_model": str(tmp_path / "no-such-model")}
+        update={"state_dir": tmp_path, "locations": {"prior_model": str(tmp_path / "no-such")}}
     )
     stack = Stack(broken)
     try:
-        with pytest.raises(StackError, match="cannot serve the prior queue.*no-such-model"):
+        with pytest.raises(StackError) as exc:
             stack.up(timeout=60)
     finally:
         stack.down()
+    msg = str(exc.value)
+    assert "worker-prior-1 exited" in msg
+    assert f"kandinsky-2.2: part 'prior' (FARM_PRIOR_MODEL) at {tmp_path / 'no-such'}" in msg
+    assert "no such folder" in msg
     assert not (tmp_path / "stack.json").exists()
+
+
+def test_up_refuses_a_taken_port_naming_it(settings, tmp_path):
+    import socket
+
+    from farm.errors import StackError
+    from farm.local.stack import Stack
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        clash = settings.model_copy(update={"state_dir": tmp_path, "api_port": port})
+        with pytest.raises(StackError, match=f"api: port {port} on 127.0.0.1 is taken"):
+            Stack(clash).up(timeout=30)
+        same = settings.model_copy(
+            update={"state_dir": tmp_path, "api_port": port + 1, "flower_port": port + 1}
+        )
+        with pytest.raises(StackError, match="api and flower are both set to port"):
+            Stack(same).up(timeout=30)
+        res = _farm(
+            "up", env=_clean_env(FARM_STATE_DIR=str(tmp_path / "cli"), FARM_API_PORT=str(port))
+        )
+    assert res.returncode != 0 and f"port {port}" in res.stderr and "FARM_API_PORT" in res.stderr
+    assert not (tmp_path / "stack.json").exists()
+
+
+def test_placement_end_to_end(tmp_path):
+    """`farm up --models a,b --workers prior=1,decoder=0`: a family nobody serves is accepted and
+    waits, naming the queue; a family not enabled is a 422 naming the enabled ones; `farm worker`
+    started beside the stack finishes the waiting campaign."""
+    env = _clean_env(
+        FARM_STATE_DIR=str(tmp_path / "state"), FARM_API_PORT="0", FARM_FLOWER_PORT="0"
+    )
+    up = _farm(
+        "up", "--models", "kandinsky-2.2,kandinsky-3", "--workers", "prior=1,decoder=0", env=env
+    )
+    worker = None
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        k3 = tmp_path / "k3.yaml"
+        k3.write_text(
+            "jobs:\n"
+            "  - {model: kandinsky-3, prompt: a cat, height: 64, width: 64, num_inference_steps: 2}\n"
+        )
+        k21 = tmp_path / "k21.yaml"
+        k21.write_text("jobs:\n  - {model: kandinsky-2.1, prompt: a cat}\n")
+        bad = _farm("submit", str(k21), env=env)
+        assert bad.returncode == 2
+        assert "kandinsky-2.1 is not enabled on this farm; enabled: kandinsky-2.2, kandinsky-3" in (
+            bad.stderr
+        )
+        sub = _farm("submit", str(k3), env=env)
+        assert sub.returncode == 0, sub.stderr
+        cid = sub.stdout.split()[1].rstrip(":")
+        ls = json.loads(_farm("ls", "--json", env=env).stdout)
+        (mine,) = [c for c in ls if c["id"] == cid]
+        assert mine["state"] == "waiting", mine
+        assert mine["waiting_reason"] == "no worker serves decoder.kandinsky-3"
+        assert mine["counts"]["failed"] == 0
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "farm.cli",
+                "worker",
+                "--stage",
+                "decoder",
+                "--models",
+                "kandinsky-3",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        watch = _farm("watch", cid, "--interval", "0.2", env=env, timeout=120)
+        assert watch.returncode == 0, watch.stdout + watch.stderr
+        status = json.loads(_farm("status", "--json", env=env).stdout)
+        (k3_worker,) = [w for w in status["workers"] if w["families"] == ["kandinsky-3"]]
+        assert k3_worker["resident_parts"] == ["kandinsky-3/kandinsky3"]
+        prior = next(w for w in status["workers"] if w["stage"] == "prior")
+        assert prior["families"] == ["kandinsky-2.2"]  # kandinsky-3 has no prior stage
+    finally:
+        if worker is not None:
+            os.killpg(worker.pid, 15)
+            worker.wait(timeout=30)
+        _farm("down", env=env)

@@ -502,8 +502,8 @@ def test_chained_job_must_read_an_earlier_job(alice):
 
 
 def test_chained_job_fails_when_its_parent_fails(farm, settings):
+    from farm.chains import release_children
     from farm.domain.jobs import JobState
-    from farm.service import release_children
 
     slow = {**BASE, "prompt": "slow parent", "num_inference_steps": 40, "height": 192, "width": 192}
     campaign = farm.submit(
@@ -511,7 +511,7 @@ def test_chained_job_fails_when_its_parent_fails(farm, settings):
     )
     parent, child = campaign.job_ids
     # The parent fails (as a worker's error handler records it): the child can never run.
-    moved, _, _ = farm.stores.records.move(
+    moved, _, _ = farm.records.move(
         parent,
         campaign.id,
         JobState.FAILED,
@@ -519,9 +519,9 @@ def test_chained_job_fails_when_its_parent_fails(farm, settings):
         error={"type": "Boom", "message": "x"},
     )
     assert moved
-    assert release_children(
-        farm.redis, farm.stores.records, farm.app, parent, campaign.id, ok=False
-    ) == [child]
+    assert release_children(farm.redis, farm.records, farm.app, parent, campaign.id, ok=False) == [
+        child
+    ]
     recs = {r.job_id: r for r in campaign.wait(timeout=120)}
     assert recs[child].state == JobState.FAILED and recs[child].error["type"] == "ParentFailed"
 

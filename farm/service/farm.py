@@ -86,7 +86,7 @@ class Campaign:
     tenant: str = keys.DEFAULT_TENANT
 
     def records(self) -> list[JobRecord]:
-        return [r for r in self.farm.stores.records.get_many(self.job_ids) if r is not None]
+        return [r for r in self.farm.records.get_many(self.job_ids) if r is not None]
 
     def status(self) -> dict:
         return self.farm.status(self.id, tenant=self.tenant)

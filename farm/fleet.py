@@ -13,7 +13,7 @@ import json
 import time
 
 from farm import keys
-from farm.families import get
+from farm.families import DEFAULT_FAMILY, REGISTRY, get
 
 FINALIZE_QUEUE = "finalize"
 HEARTBEAT_S = 5.0
@@ -30,7 +30,9 @@ def route(task_name: str, kwargs: dict | None) -> str:
     """The queue for any farm message (a Celery router calls this)."""
     if task_name == keys.FINALIZE_TASK:
         return FINALIZE_QUEUE
-    return job_queue(task_name, (kwargs or {})["spec"]["model"])
+    # A spec without a known model still goes somewhere its validation will fail it, visibly.
+    model = ((kwargs or {}).get("spec") or {}).get("model", DEFAULT_FAMILY)
+    return job_queue(task_name, model if model in REGISTRY else DEFAULT_FAMILY)
 
 
 def first_task(model: str) -> str:

@@ -115,7 +115,7 @@ def test_registered_family_validates_jobs(toy):
         ({"height": 512}, "height", "between 32 and 256 for toy-diffusion"),
         ({"num_inference_steps": 11}, "num_inference_steps", "at most 10 for toy-diffusion"),
         ({"seed": 3}, "seed", "toy-diffusion refuses odd seeds"),
-        ({"task": "inpaint"}, "task", "it supports: text2img, sketch2img"),
+        ({"task": "inpaint"}, "model", "it supports: text2img, sketch2img"),
     ]
     for extra, field, words in cases:
         with pytest.raises(InvalidJob) as exc:

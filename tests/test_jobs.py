@@ -184,7 +184,7 @@ def test_bad_campaign_names_where(body, field):
         ),
         (
             {"prompt": "x", "model": "kandinsky-3", "task": "inpaint"},
-            "task",
+            "model",
             "kandinsky-3 does not support 'inpaint'; it supports: text2img, img2img",
         ),
     ],

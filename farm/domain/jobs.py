@@ -103,10 +103,14 @@ class JobSpec(BaseModel):
             raise ValueError(
                 f"model|unknown model {self.model!r}; known: {', '.join(families.REGISTRY)}"
             )
+        if self.task not in families.tasks():
+            raise ValueError(
+                f"task|unknown task {self.task!r}; known: {', '.join(families.tasks())}"
+            )
         try:
             family = families.check(self.model, self.task)
         except ValueError as e:
-            raise ValueError(f"task|{e}") from None
+            raise ValueError(f"model|{e}") from None
         limits = family.limits
         for name in ("height", "width"):
             value = getattr(self, name)

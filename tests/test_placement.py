@@ -28,6 +28,7 @@ def test_interleaved_families_on_one_resident_slot_load_at_most_four_times(tmp_p
     env.update(FARM_STATE_DIR=str(tmp_path / "state"), FARM_API_PORT="0", FARM_FLOWER_PORT="0")
     up = _farm("up", "--models", "kandinsky-3,sd-1.5", "--workers", "prior=0,decoder=0", env=env)
     worker = None
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed in finally
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         worker = subprocess.Popen(
@@ -37,7 +38,7 @@ def test_interleaved_families_on_one_resident_slot_load_at_most_four_times(tmp_p
             ],
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=open(tmp_path / "worker.log", "wb"),  # noqa: SIM115 - closed with the process
+            stderr=log,
             start_new_session=True,
         )  # fmt: skip
         small = {"height": 64, "width": 64, "num_inference_steps": 2}
@@ -60,4 +61,5 @@ def test_interleaved_families_on_one_resident_slot_load_at_most_four_times(tmp_p
         if worker is not None:
             os.killpg(worker.pid, signal.SIGTERM)
             worker.wait(timeout=30)
+        log.close()
         _farm("down", env=env)

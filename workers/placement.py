@@ -150,3 +150,7 @@ class Placement(bootsteps.StartStopStep):
         self.switches += 1
         self.idle_since = None
         log.info("switched from %s to %s (%d waiting)", out, pick, depth[pick])
+        try:  # say so now, not at the next beat
+            fleet.write_heartbeat(self.redis, plan.node, self.fields())
+        except Exception:
+            pass

@@ -10,7 +10,6 @@ import httpx
 import pytest
 from PIL import Image
 
-from farm import keys
 from farm.errors import Conflict, InvalidJob, NotFound, Unauthorized
 
 pytestmark = pytest.mark.slow
@@ -262,4 +261,3 @@ def test_status_json_has_api_url_and_token(stack):
     assert status["api_url"].startswith("http://127.0.0.1:") and status["token"].startswith(
         "alice-"
     )
-    assert keys.DEFAULT_TENANT == "default"

@@ -11,8 +11,24 @@ import torch
 from PIL import Image
 
 from farm.errors import InvalidJob
+from farm.families import REGISTRY
 
 pytestmark = pytest.mark.slow
+
+# (family, task) -> the test that renders it through the farm and compares every pixel with the
+# guide's calls in one process. Checked against the registry below: a family or task added
+# without a fidelity test fails the suite.
+FIDELITY: dict[tuple[str, str], str] = {}
+
+
+def fidelity(*pairs):
+    def mark(test):
+        for pair in pairs:
+            FIDELITY[pair] = test.__name__
+        return test
+
+    return mark
+
 
 BASE = {
     "num_inference_steps": 3,
@@ -86,6 +102,7 @@ def _same(farm_px, reference: Image.Image):
     np.testing.assert_array_equal(farm_px, ref)
 
 
+@fidelity(("kandinsky-2.2", "img2img"))
 def test_img2img_fidelity(alice, pipes, init_png):
     from diffusers import KandinskyV22Img2ImgPipeline
 
@@ -109,6 +126,7 @@ def test_img2img_fidelity(alice, pipes, init_png):
     _same(farm_px, ref)
 
 
+@fidelity(("kandinsky-2.2", "inpaint"))
 def test_inpainting_fidelity_each_job_its_own_mask(alice, pipes, init_png):
     """Two inpainting jobs, same image and seed, different masks: each gets its own mask (diffusers#13597)."""
     image_ref = alice.upload(init_png)
@@ -135,6 +153,7 @@ def test_inpainting_fidelity_each_job_its_own_mask(alice, pipes, init_png):
     assert not np.array_equal(outs[0], outs[1])
 
 
+@fidelity(("kandinsky-2.2", "interpolate"))
 def test_interpolation_fidelity(alice, pipes, init_png):
     image_ref = alice.upload(init_png)
     spec = {
@@ -220,6 +239,7 @@ def k3(stack, settings):
     return t2i, i2i
 
 
+@fidelity(("kandinsky-3", "text2img"))
 def test_kandinsky3_text2img_single_stage_fidelity(alice, k3, farm):
     spec = {
         **BASE,
@@ -241,6 +261,7 @@ def test_kandinsky3_text2img_single_stage_fidelity(alice, k3, farm):
     _same(farm_px, ref)
 
 
+@fidelity(("kandinsky-3", "img2img"))
 def test_kandinsky3_img2img_fidelity(alice, k3, init_png):
     spec = {
         **BASE,
@@ -275,6 +296,7 @@ def test_unsupported_task_lists_what_the_model_does(alice):
 
 
 @pytest.mark.parametrize("guidance", [1.0, 4.0])
+@fidelity(("kandinsky-2.2", "text2img"))
 def test_several_images_per_prompt_each_distinct_and_faithful(alice, pipes, guidance):
     """num_images_per_prompt=3 gives three different images, with and without guidance (diffusers#13596)."""
     spec = {**BASE, "prompt": "three cats", "num_images_per_prompt": 3, "guidance_scale": guidance}
@@ -362,6 +384,7 @@ def _k21_prior(k21, prompt, n=1):
 K21 = {**BASE, "model": "kandinsky-2.1", "negative_prompt": "low quality"}
 
 
+@fidelity(("kandinsky-2.1", "text2img"))
 def test_kandinsky21_text2img_fidelity_decoder_reads_the_prompt(alice, k21):
     farm_px = _farm_pixels(alice, {**K21, "prompt": "a red cat"})
     emb, neg = _k21_prior(k21, "a red cat")
@@ -378,6 +401,7 @@ def test_kandinsky21_text2img_fidelity_decoder_reads_the_prompt(alice, k21):
     assert not np.array_equal(farm_px, np.asarray(other.convert("RGB")))
 
 
+@fidelity(("kandinsky-2.1", "img2img"), ("kandinsky-2.1", "inpaint"))
 def test_kandinsky21_img2img_and_inpaint_fidelity(alice, k21, init_png):
     from diffusers import KandinskyImg2ImgPipeline
 
@@ -413,6 +437,7 @@ def test_kandinsky21_img2img_and_inpaint_fidelity(alice, k21, init_png):
     _same(farm_px, ref)
 
 
+@fidelity(("kandinsky-2.1", "interpolate"))
 def test_kandinsky21_interpolation_and_batch(alice, k21, init_png):
     image_ref = alice.upload(init_png)
     spec = {
@@ -526,6 +551,7 @@ def test_chained_job_fails_when_its_parent_fails(farm, settings):
     assert recs[child].state == JobState.FAILED and recs[child].error["type"] == "ParentFailed"
 
 
+@fidelity(("sd-1.5", "text2img"), ("sd-1.5", "img2img"))
 def test_stable_diffusion_autopipelines_fidelity(alice, settings, init_png):
     """The Image-to-image guide's AutoPipelines (SD 1.5 family), single-stage through the farm."""
     from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
@@ -608,6 +634,7 @@ def _guide_hint(image, depth_estimator):
     return detected_map.permute(2, 0, 1).unsqueeze(0)
 
 
+@fidelity(("kandinsky-2.2", "controlnet-depth"))
 def test_controlnet_depth_text2img_with_estimated_hint(alice, pipes, controlnet, init_png):
     img = Image.open(io.BytesIO(init_png)).convert("RGB")
     spec = {
@@ -647,6 +674,7 @@ def test_controlnet_depth_with_uploaded_hint(alice, pipes, controlnet):
     _same(farm_px, ref)
 
 
+@fidelity(("kandinsky-2.2", "controlnet-depth-img2img"))
 def test_controlnet_depth_img2img(alice, controlnet, init_png):
     img = Image.open(io.BytesIO(init_png)).convert("RGB")
     spec = {
@@ -686,6 +714,11 @@ def test_controlnet_inputs_are_checked(alice, init_png):
     assert exc.value.field == "image" and "it is 128x128, the job asks 192x128" in str(exc.value)
 
 
+@fidelity(
+    ("kandinsky-2.2-auto", "text2img"),
+    ("kandinsky-2.2-auto", "img2img"),
+    ("kandinsky-2.2-auto", "inpaint"),
+)
 def test_kandinsky22_autopipelines_single_stage(alice, settings, init_png):
     """The Image-to-image guide's AutoPipelineFor{Text2Image,Image2Image,Inpainting} with Kandinsky 2.2."""
     from diffusers import (
@@ -738,6 +771,7 @@ def test_kandinsky22_autopipelines_single_stage(alice, settings, init_png):
     )
 
 
+@fidelity(("sdxl-refiner", "img2img"))
 def test_sdxl_refiner_img2img_fidelity(alice, settings, init_png):
     """The Image-to-image guide's SDXL refiner via AutoPipelineForImage2Image, single stage."""
     from diffusers import AutoPipelineForImage2Image
@@ -781,3 +815,11 @@ def test_inpainting_mask_as_a_numpy_array(alice, pipes, init_png):
         alice.upload(buf.getvalue())
     with pytest.raises(InvalidJob, match=r"within \[0, 1\]"):
         alice.upload(np.full((8, 8), 2.0, dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    ("family", "task"),
+    [(f, t) for f, family in REGISTRY.items() for t in family.tasks],
+)
+def test_every_capability_of_the_registry_has_a_fidelity_test(family, task):
+    assert (family, task) in FIDELITY, f"no pixel-fidelity test renders {family} {task}"

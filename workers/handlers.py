@@ -1,8 +1,10 @@
 """What each task does around its stage function: state moves, guards, IO, the next hop.
 
-Kept apart from the Celery adapters so the logic reads (and tests) without a broker. Every state
-change goes through RecordStore.move, which checks the state it leaves: a cancelled or finished
-job is never picked up again, whatever messages are still queued for it.
+Kept apart from the Celery adapters (``tasks.py``), which only unpack messages and map errors to
+Celery's retries: these functions take a ``WorkerContext`` (its Redis, S3, Celery app to send the
+next hop with, and the worker's models). Every state change goes through RecordStore.move, which
+checks the state it leaves: a cancelled or finished job is never picked up again, whatever
+messages are still queued for it.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ class JobSpec(BaseModel):
     hint: str | None = Field(None, pattern=INPUT_REF, description="ControlNet: a depth map")
     prior_strength: float = Field(0.3, gt=0, le=1, description="ControlNet img2img: prior strength")
     interpolate: list[InterpolationItem] | None = Field(None, min_length=2, max_length=16)
-    scheduler: Literal["default", "ddim", "ddpm"] = "default"
+    scheduler: Literal[SCHEDULERS] = "default"
     num_images_per_prompt: int = Field(1, ge=1, le=8, description="images from one job, one batch")
 
     @model_validator(mode="before")

@@ -1,8 +1,9 @@
 """The prior's output in Redis: safetensors bytes under a per-job key, with a TTL.
 
-The contract between the stages is exactly two tensors (``image_embeds`` and
-``negative_image_embeds``), as in diffusers' combined Kandinsky pipelines. safetensors holds
-no code, unlike pickle, so a value read back can never execute anything.
+The contract between the stages is the two tensors of diffusers' combined Kandinsky pipelines
+(``image_embeds`` and ``negative_image_embeds``), plus, for ControlNet jobs, the depth ``hint``
+the prior worker made. safetensors holds no code, unlike pickle, so a value read back can never
+execute anything.
 """
 
 from __future__ import annotations

@@ -147,6 +147,10 @@ class Client:
         status = self.request("GET", f"/v1/campaigns/{campaign_id}")
         return CampaignHandle(self, campaign_id, status["total"], False)
 
+    def fleet(self) -> dict:
+        """Every queue (depth, the workers serving it) and every live worker."""
+        return self.request("GET", "/v1/fleet")
+
     def campaigns(self, limit: int = 100) -> list[dict]:
         return self.request("GET", "/v1/campaigns", params={"limit": limit})
 

@@ -256,6 +256,18 @@ def test_health_and_readiness(api_url):
     assert "/v1/campaigns" in httpx.get(f"{api_url}/openapi.json").json()["paths"]
 
 
+def test_fleet_lists_queues_with_depth_and_workers(alice):
+    fleet = alice.fleet()
+    queues = {q["name"]: q for q in fleet["queues"]}
+    assert queues["decoder.kandinsky-3"]["depth"] >= 0 and len(queues["finalize"]["workers"]) == 2
+    decoder = next(w for w in fleet["workers"] if w["stage"] == "decoder")
+    assert queues["decoder.kandinsky-3"]["workers"] == [decoder["node"]]
+    assert "kandinsky-2.2/decoder" in decoder["resident_parts"] and decoder["rss_bytes"] > 0
+    models = alice.request("GET", "/v1/models")
+    assert models["kandinsky-3"]["stages"] == ["decoder"]
+    assert models["sd-1.5"]["limits"]["size_multiple"] == 8
+
+
 def test_status_json_has_api_url_and_token(stack):
     status = stack.status()
     assert status["api_url"].startswith("http://127.0.0.1:") and status["token"].startswith(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -250,4 +251,77 @@ def test_placement_end_to_end(tmp_path):
         if worker is not None:
             os.killpg(worker.pid, 15)
             worker.wait(timeout=30)
+        _farm("down", env=env)
+
+
+def test_three_workers_for_two_stages_all_listed_by_flower(tmp_path):
+    """`farm up --workers prior=1,decoder=2` runs three workers, and both decoders take jobs."""
+    env = _clean_env(
+        FARM_STATE_DIR=str(tmp_path / "state"), FARM_API_PORT="0", FARM_FLOWER_PORT="0"
+    )
+    up = _farm("up", "--models", "kandinsky-2.2", "--workers", "prior=1,decoder=2", env=env)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        status = json.loads(_farm("status", "--json", env=env).stdout)
+        stages = sorted(w["stage"] for w in status["workers"])
+        assert stages == ["decoder", "decoder", "prior"]
+        workers = httpx.get(
+            f"{status['flower_url']}/api/workers", params={"refresh": "true"}
+        ).json()
+        assert len(workers) == 3, list(workers)
+        queues = {q: [] for q in ("prior.kandinsky-2.2", "decoder.kandinsky-2.2")}
+        for name, info in workers.items():
+            for q in info.get("active_queues", []):
+                queues.get(q["name"], []).append(name)
+        assert len(queues["prior.kandinsky-2.2"]) == 1 and len(queues["decoder.kandinsky-2.2"]) == 2
+        jobs = tmp_path / "jobs.yaml"
+        jobs.write_text(
+            "grid: {prompts: [a, b, c, d, e, f], seeds: [1]}\n"
+            "defaults: {height: 64, width: 64, num_inference_steps: 2, prior_num_inference_steps: 2}\n"
+        )
+        sub = _farm("submit", str(jobs), "--wait", env=env)
+        assert sub.returncode == 0 and '"done": 6' in sub.stdout, sub.stdout + sub.stderr
+    finally:
+        _farm("down", env=env)
+
+
+def test_interleaved_families_on_one_resident_slot_load_at_most_four_times(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env.update(FARM_STATE_DIR=str(tmp_path / "state"), FARM_API_PORT="0", FARM_FLOWER_PORT="0")
+    up = _farm("up", "--models", "kandinsky-3,sd-1.5", "--workers", "prior=0,decoder=0", env=env)
+    worker = None
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed in finally
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        worker = subprocess.Popen(
+            [
+                sys.executable, "-m", "farm.cli", "worker", "--stage", "decoder",
+                "--models", "kandinsky-3,sd-1.5", "--resident", "1", "--name", "mux@test",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )  # fmt: skip
+        small = {"height": 64, "width": 64, "num_inference_steps": 2}
+        jobs = [
+            {"model": ("kandinsky-3", "sd-1.5")[i % 2], "prompt": f"job {i}", "seed": i, **small}
+            for i in range(40)
+        ]
+        (tmp_path / "mix.json").write_text(json.dumps({"jobs": jobs}))
+        sub = _farm("submit", str(tmp_path / "mix.json"), "--wait", env=env, timeout=400)
+        assert sub.returncode == 0, sub.stdout + sub.stderr
+        assert '"done": 40' in sub.stdout, sub.stdout
+        status = json.loads(_farm("status", "--json", env=env).stdout)
+        (mux,) = [w for w in status["workers"] if w["node"] == "mux@test"]
+        assert mux["families"] == ["kandinsky-3", "sd-1.5"]
+        assert 2 <= mux["loads"] <= 4, mux
+        assert 1 <= mux["switches"] <= 3, mux
+        assert len(mux["resident_families"]) == 1 and len(mux["resident_parts"]) == 1
+        assert set(mux["serves"]) == {"decoder.kandinsky-3", "decoder.sd-1.5", "finalize"}
+    finally:
+        if worker is not None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)
+        log.close()
         _farm("down", env=env)

@@ -51,7 +51,13 @@ def make_plan(consumed: list[str], node: str) -> placement.Plan:
     if not families:
         raise ConfigError(f"none of the families this worker serves has a {stage} stage")
     resident = settings.worker_resident if 0 < settings.worker_resident < len(families) else 0
-    return placement.Plan(node=node, stage=stage, families=families, resident=resident)
+    return placement.Plan(
+        node=node,
+        stage=stage,
+        families=families,
+        redis_url=settings.redis_url,
+        resident=resident,
+    )
 
 
 @signals.worker_init.connect

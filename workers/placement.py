@@ -33,6 +33,7 @@ class Plan:
     node: str
     stage: str
     families: tuple[str, ...]
+    redis_url: str
     resident: int = 0  # 0: every family stays loaded and every queue is consumed
 
     def queue(self, family: str) -> str:
@@ -62,9 +63,7 @@ class Placement(bootsteps.StartStopStep):
             return
         import redis
 
-        from workers.main import settings
-
-        self.redis = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+        self.redis = redis.Redis.from_url(plan.redis_url, health_check_interval=30)
         self.current = list(plan.families[: plan.resident] if plan.resident else plan.families)
         if plan.resident:
             for family in plan.families:

@@ -1,1 +1,1 @@
-"""domain"""
+"""The domain: job and campaign specs, their states and validation. No IO."""

@@ -238,6 +238,7 @@ class Stack:
         for stage, count in state["worker_counts"].items():
             families = [f for f in settings.enabled_families if stage in get(f).stages]
             if not families:
+                state["worker_counts"][stage] = 0  # no enabled family has this stage
                 continue
             for n in range(1, count + 1):
                 name = f"worker-{stage}-{n}"

@@ -14,16 +14,13 @@ Every spec is validated before anything is written or enqueued.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from farm import keys
-from farm.domain.jobs import JobRecord, JobState
-from farm.errors import JobFailed
-from farm.progress import wait_for_campaign
 from farm.service.control import Control
+from farm.service.handle import Campaign
 from farm.service.submit import Submitting
 from farm.service.views import Views
 from farm.settings import Settings
@@ -74,46 +71,3 @@ class Farm(Submitting, Views, Control):
         from farm.finalize import finalize
 
         return finalize(self.records, self.objects, self.settings.s3_prefix, campaign_id)
-
-
-@dataclass
-class Campaign:
-    """A handle on a submitted campaign (Python API)."""
-
-    farm: Farm
-    id: str
-    job_ids: list[str]
-    tenant: str = keys.DEFAULT_TENANT
-
-    def records(self) -> list[JobRecord]:
-        return [r for r in self.farm.records.get_many(self.job_ids) if r is not None]
-
-    def status(self) -> dict:
-        return self.farm.status(self.id, tenant=self.tenant)
-
-    def wait(
-        self, timeout: float | None = None, *, progress: bool = False, poll_s: float = 0.25
-    ) -> list[JobRecord]:
-        """Block until every job is done, failed or cancelled; return the records.
-
-        Raises:
-            TimeoutError: not finished within ``timeout`` seconds.
-        """
-        wait_for_campaign(
-            self.id,
-            self.status,
-            len(self.job_ids),
-            timeout=timeout,
-            progress=progress,
-            poll_s=poll_s,
-        )
-        return self.records()
-
-    def results(self, *, raise_on_failure: bool = False) -> list[JobRecord]:
-        recs = self.records()
-        if raise_on_failure:
-            for r in recs:
-                if r.state == JobState.FAILED:
-                    err = r.error or {}
-                    raise JobFailed(r.job_id, err.get("type", "?"), err.get("message", ""))
-        return recs

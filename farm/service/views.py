@@ -8,6 +8,7 @@ import time
 from farm import fleet, keys
 from farm.domain.jobs import JobRecord, JobState
 from farm.errors import InvalidJob, NotFound
+from farm.service.handle import Campaign
 from farm.stores.records import ACTIVE
 
 
@@ -16,8 +17,6 @@ class Views:
 
     def campaign(self, campaign_id: str, *, tenant: str = keys.DEFAULT_TENANT):
         """A handle on one of the tenant's campaigns (``farm.service.Campaign``)."""
-        from farm.service.farm import Campaign
-
         self._info(campaign_id, tenant)
         return Campaign(self, campaign_id, self.records.campaign_job_ids(campaign_id), tenant)
 

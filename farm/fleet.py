@@ -124,6 +124,7 @@ def live_workers(client) -> list[dict]:
                 "evictions": sum(c.get("evictions", 0) for c in children),
                 "switches": rec.get("switches", 0),
                 "rss_bytes": rec.get("rss_bytes", 0) + sum(c.get("rss_bytes", 0) for c in children),
+                "weights_bytes": sum(c.get("weights_bytes") or 0 for c in children),
                 "cuda_allocated_bytes": sum(c.get("cuda_allocated_bytes") or 0 for c in children)
                 or None,
                 "processes": [{"pid": rec.get("pid"), "role": "main"}]

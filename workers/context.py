@@ -128,6 +128,21 @@ class Models:
         """Another part of the family used on this stage (the depth estimator)."""
         return self.parts(family)[name]
 
+    def weights_bytes(self) -> int:
+        """Bytes of the parameters this process holds (what a GPU would have to fit)."""
+        seen, total = set(), 0
+        for parts in self.loaded.values():
+            for pipe in parts.values():
+                modules = getattr(pipe, "components", None) or {
+                    "model": getattr(pipe, "model", None)
+                }
+                for module in modules.values():
+                    for param in getattr(module, "parameters", lambda: ())():
+                        if id(param) not in seen:
+                            seen.add(id(param))
+                            total += param.numel() * param.element_size()
+        return total
+
     def resident_parts(self) -> list[str]:
         return [f"{family}/{name}" for family, parts in self.loaded.items() for name in parts]
 
@@ -171,6 +186,7 @@ class WorkerContext:
             "resident": self.models.resident_parts(),
             "loads": self.models.loads,
             "evictions": self.models.evictions,
+            "weights_bytes": self.models.weights_bytes(),
             "rss_bytes": rss_bytes(),
             "cuda_allocated_bytes": cuda_allocated_bytes(),
         }

@@ -217,6 +217,7 @@ def cmd_retry(settings: Settings, args) -> int:
 def cmd_models(settings: Settings, args) -> int:
     from farm.local import models
 
+    settings = settings.with_stack()  # a running stack's families, unless FARM_MODELS says
     families = _with(settings, models=args.family).enabled_families if args.family else None
     families = families or settings.enabled_families
     if args.models_command == "build":

@@ -4,6 +4,7 @@ and the worker's pipelines built from the registry (LRU of families)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 
 import pytest
@@ -188,3 +189,39 @@ def test_decoder_on_cuda_renders_the_requested_size(tiny_settings):
     )
     images = run_decoder(decoder, job, run_prior(prior, job))
     assert [im.size for im in images] == [(128, 64)]
+
+
+def test_farm_models_cli_verifies_builds_and_repairs(tmp_path):
+    """`farm models verify` exits 1 naming what is missing; `build` makes it whole again."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env.update(FARM_STATE_DIR=str(tmp_path), FARM_MODELS="kandinsky-3", HF_HUB_OFFLINE="1")
+
+    def farm(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "farm.cli", "models", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    missing = farm("verify")
+    assert missing.returncode == 1
+    assert (
+        "farm models build kandinsky-3" in missing.stdout
+        and "FARM_KANDINSKY3_MODEL" in missing.stdout
+    )
+    assert farm("build").returncode == 0
+    assert farm("verify").returncode == 0
+    shutil.rmtree(tmp_path / "models" / "tiny" / "kandinsky3" / "unet")
+    broken = farm("verify")
+    assert broken.returncode == 1 and "component unet/ is missing" in broken.stdout
+    assert "built" in farm("build").stdout and farm("verify").returncode == 0
+    listed = json.loads(farm("list", "--json").stdout)
+    assert [(r["family"], r["part"], r["ok"]) for r in listed] == [
+        ("kandinsky-3", "kandinsky3", True)
+    ]

@@ -3,6 +3,7 @@ whether a worker would start with it. All of it read from the family registry.""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from farm.errors import ModelError
@@ -52,11 +53,24 @@ def build_tiny(settings: Settings, families, *, force: bool = False) -> list[Pat
             if not settings.is_tiny_location(part):
                 continue
             folder = settings.tiny_dir / part.tiny
-            if folder in built or (is_tiny(folder) and not force):
+            if folder in built or (not force and _intact(get(name), part, folder)):
                 continue
+            if folder.exists():
+                shutil.rmtree(folder)  # broken or forced: build it whole again
             part.build_tiny(folder)
             built.append(folder)
     return built
+
+
+def _intact(family, part, folder: Path) -> bool:
+    """A tiny build that is there and whole (a deleted component means: build again)."""
+    if not is_tiny(folder):
+        return False
+    try:
+        verify(family, part, str(folder), tiny=True)
+    except ModelError:
+        return False
+    return True
 
 
 def fetch(settings: Settings, families) -> list[str]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from celery import bootsteps
 
-from farm import fleet
+from farm import fleet, keys
 from farm.families import get
 
 log = logging.getLogger("farm.worker")
@@ -111,9 +111,21 @@ class Placement(bootsteps.StartStopStep):
             fields["rss_bytes"] = context.rss_bytes()
         return fields
 
+    def _prune(self) -> None:
+        """Drop the reports of pool processes that are gone (recycled, or killed and respawned)."""
+        key = keys.worker(plan.node)
+        gone = [
+            f
+            for f in (k.decode() for k in self.redis.hkeys(key))
+            if f.startswith("proc.") and not os.path.exists(f"/proc/{f.removeprefix('proc.')}")
+        ]
+        if gone:
+            self.redis.hdel(key, *gone)
+
     def _beat(self) -> None:
         while not self.stop_event.is_set():
             try:
+                self._prune()
                 fleet.write_heartbeat(self.redis, plan.node, self.fields())
             except Exception as e:  # Redis away: say so, keep beating
                 log.warning("heartbeat failed: %s", e)

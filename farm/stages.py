@@ -59,6 +59,57 @@ def run_prior(pipe, spec: JobSpec, images: dict[str, Image.Image] | None = None)
     return Embeddings(out.image_embeds, out.negative_image_embeds)
 
 
+TEXT_PRIOR_TASKS = ("text2img", "img2img", "inpaint")  # the prior reads only the prompt
+
+
+def run_prior_batch(pipe, specs: list[JobSpec]) -> list[Embeddings]:
+    """Several compatible jobs' prompts through the prior in one call, one generator per row.
+
+    Row i equals ``run_prior(pipe, specs[i])`` (each row draws its noise from its own job's seed);
+    one job runs exactly as ``run_prior``.
+    """
+    if len(specs) == 1:
+        return [run_prior(pipe, specs[0])]
+    spec = specs[0]
+    gens = [generator(s.seed) for s in specs]
+    negatives = None
+    if spec.negative_prompt is not None:
+        # The prior runs the negative prompts as rows N..2N-1 of the same call, drawing them from
+        # the same generator right after the prompt's row: the same generator object serves both.
+        negatives = [s.negative_prompt for s in specs]
+        gens = gens + gens
+    out = pipe(
+        prompt=[s.prompt for s in specs],
+        negative_prompt=negatives,
+        guidance_scale=spec.prior_guidance_scale,
+        num_inference_steps=spec.prior_num_inference_steps,
+        generator=gens,
+        num_images_per_prompt=1,
+    )
+    return [
+        Embeddings(out.image_embeds[i : i + 1], out.negative_image_embeds[i : i + 1])
+        for i in range(len(specs))
+    ]
+
+
+def cache_zero_embed(pipe) -> None:
+    """Keep the prior's negative embedding for "no negative prompt" (the image encoder on a zero
+    image: a constant per model) instead of recomputing it every call."""
+    if getattr(pipe, "_farm_zero_cache", None) is not None or not hasattr(pipe, "get_zero_embed"):
+        return
+    cache: dict = {}
+    original = pipe.get_zero_embed
+
+    def get_zero_embed(batch_size=1, device=None):
+        key = (str(device or pipe.device), pipe.image_encoder.dtype)
+        if key not in cache:
+            cache[key] = original(1, device=device)
+        return cache[key].repeat(batch_size, 1)
+
+    pipe.get_zero_embed = get_zero_embed
+    pipe._farm_zero_cache = cache
+
+
 def make_hint(depth: Image.Image) -> torch.Tensor:
     """A depth map as the ControlNet hint tensor (1, 3, H, W), exactly as the guide's make_hint."""
     import numpy as np
@@ -138,6 +189,79 @@ def run_decoder(
         **kwargs,
     )
     return out.images
+
+
+def run_decoder_batch(
+    pipe, specs: list[JobSpec], embs: list[Embeddings], images: dict[str, Image.Image]
+) -> list[list[Image.Image]]:
+    """Several compatible jobs rendered in one pipeline call, one generator per row.
+
+    Compatible (``farm.domain.batching``): same family, task, size, steps, guidance, scheduler and
+    strength, one image each. Row i equals job i rendered alone, up to float rounding in batched
+    kernels (tested: at most 1/255 per pixel). One job runs exactly as ``run_decoder``.
+    """
+    if len(specs) == 1:
+        return [run_decoder(pipe, specs[0], embs[0], images)]
+    spec = specs[0]
+    device, dtype = pipe.device, pipe.dtype
+    kwargs = {}
+    if _takes(pipe, "prompt"):
+        kwargs["prompt"] = [s.prompt for s in specs]
+        if spec.negative_prompt is not None:
+            kwargs["negative_prompt"] = [s.negative_prompt for s in specs]
+    if spec.task in ("img2img", "inpaint", "controlnet-depth-img2img"):
+        kwargs["image"] = [images[s.image] for s in specs]
+    if spec.task in ("img2img", "controlnet-depth-img2img"):
+        kwargs["strength"] = spec.strength
+    if spec.task.startswith("controlnet"):
+        kwargs["hint"] = torch.cat([e.hint for e in embs]).to(device, dtype)
+    if spec.task == "inpaint":
+        kwargs["mask_image"] = [images[s.mask] for s in specs]
+    out = with_scheduler(pipe, spec.scheduler)(
+        image_embeds=torch.cat([e.image_embeds for e in embs]).to(device, dtype),
+        negative_image_embeds=torch.cat([e.negative_image_embeds for e in embs]).to(device, dtype),
+        height=spec.height,
+        width=spec.width,
+        guidance_scale=spec.guidance_scale,
+        num_inference_steps=spec.num_inference_steps,
+        generator=[generator(s.seed) for s in specs],
+        **kwargs,
+    )
+    return [[image] for image in out.images]
+
+
+def run_single_batch(
+    pipe, specs: list[JobSpec], images: dict[str, Image.Image]
+) -> list[list[Image.Image]]:
+    """Several compatible single-stage jobs in one call, one generator per row (as above)."""
+    if len(specs) == 1:
+        return [run_single(pipe, specs[0], images)]
+    spec = specs[0]
+    kwargs = {}
+    if spec.task == "img2img":
+        kwargs = {"image": [images[s.image] for s in specs], "strength": spec.strength}
+    if spec.task == "inpaint":
+        kwargs = {
+            "image": [images[s.image] for s in specs],
+            "mask_image": [images[s.mask] for s in specs],
+        }
+    if _takes(pipe, "prior_guidance_scale"):
+        kwargs["prior_guidance_scale"] = spec.prior_guidance_scale
+        kwargs["prior_num_inference_steps"] = spec.prior_num_inference_steps
+    if _takes(pipe, "height"):
+        kwargs.update(height=spec.height, width=spec.width)
+    out = with_scheduler(pipe, spec.scheduler)(
+        prompt=[s.prompt for s in specs],
+        negative_prompt=None
+        if spec.negative_prompt is None
+        else [s.negative_prompt for s in specs],
+        guidance_scale=spec.guidance_scale,
+        num_inference_steps=spec.num_inference_steps,
+        generator=[generator(s.seed) for s in specs],
+        num_images_per_prompt=1,
+        **kwargs,
+    )
+    return [[image] for image in out.images]
 
 
 def run_single(

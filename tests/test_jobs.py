@@ -217,6 +217,20 @@ def test_model_defaults_are_the_models_own():
     assert JobSpec.parse({"prompt": "x"}).num_inference_steps == 100
 
 
+def test_controlnet_img2img_needs_at_least_one_prior_step():
+    with pytest.raises(InvalidJob) as exc:
+        JobSpec.parse(
+            {
+                "prompt": "x",
+                "task": "controlnet-depth-img2img",
+                "image": "in:" + "a" * 64,
+                "prior_num_inference_steps": 2,
+                "prior_strength": 0.3,
+            }
+        )
+    assert exc.value.field == "prior_strength" and "no prior step" in str(exc.value)
+
+
 def test_img2img_needs_at_least_one_denoising_step():
     with pytest.raises(InvalidJob) as exc:
         JobSpec.parse(

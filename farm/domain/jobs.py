@@ -163,6 +163,15 @@ class JobSpec(BaseModel):
                 f"strength|{self.strength} x num_inference_steps {self.num_inference_steps} "
                 "leaves no denoising step; raise either"
             )
+        if (
+            self.task == "controlnet-depth-img2img"
+            and int(self.prior_num_inference_steps * self.prior_strength) < 1
+        ):
+            # The Emb2Emb prior runs int(steps * strength) steps: zero returns no embedding.
+            raise ValueError(
+                f"prior_strength|{self.prior_strength} x prior_num_inference_steps "
+                f"{self.prior_num_inference_steps} leaves no prior step; raise either"
+            )
         if self.task != "interpolate" and not self.prompt.strip():
             raise ValueError("prompt|must not be blank" if self.prompt else "prompt|required")
         return self

@@ -97,6 +97,8 @@ class Family:
     # The pipelines' own call defaults where they differ from JobSpec's, by task ("*": every task).
     defaults: dict[str, dict[str, object]] = field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
+    # Whether compatible jobs may share one pipeline call (each row its own generator).
+    batches: bool = True
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.parts]

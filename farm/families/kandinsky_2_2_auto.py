@@ -23,4 +23,7 @@ FAMILY = Family(
         "img2img": Task(decoder=Pipe("decoder", "AutoPipelineForImage2Image")),
         "inpaint": Task(decoder=Pipe("inpaint", "AutoPipelineForInpainting")),
     },
+    # The combined pipelines hand their prior one generator list sized for the decoder's batch,
+    # which the prior's doubled (prompt + negative) batch overruns: one job per call.
+    batches=False,
 )

@@ -30,8 +30,10 @@ def route(task_name: str, kwargs: dict | None) -> str:
     """The queue for any farm message (a Celery router calls this)."""
     if task_name == keys.FINALIZE_TASK:
         return FINALIZE_QUEUE
+    kwargs = kwargs or {}
+    jobs = kwargs.get("jobs") or [kwargs]
     # A spec without a known model still goes somewhere its validation will fail it, visibly.
-    model = ((kwargs or {}).get("spec") or {}).get("model", DEFAULT_FAMILY)
+    model = (jobs[0].get("spec") or {}).get("model", DEFAULT_FAMILY)
     return job_queue(task_name, model if model in REGISTRY else DEFAULT_FAMILY)
 
 

@@ -19,6 +19,11 @@ def embeddings(job_id: str) -> str:
     return f"{PREFIX}emb:{job_id}"
 
 
+def prior_cache(digest: str) -> str:
+    """String: a prior result by what determines it (family, prompts, seed, settings), with a TTL."""
+    return f"{PREFIX}prior-cache:{digest}"
+
+
 def attempts(job_id: str, stage: str) -> str:
     """Counter: deliveries of one stage of one job (poison-job guard)."""
     return f"{PREFIX}attempts:{job_id}:{stage}"

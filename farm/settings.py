@@ -83,6 +83,12 @@ class Settings(BaseSettings):
         description="Where each part's weights are, by its setting name; filled from the "
         "per-part variables below.",
     )
+    batch_max: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Most compatible jobs of a campaign rendered in one pipeline call (1: none).",
+    )
     device: str = Field("cpu", description="Torch device for the pipelines: cpu, cuda, cuda:1 ...")
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="Torch dtype the pipelines are loaded in."

@@ -12,18 +12,22 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from farm import keys
 from farm.chains import release_children
 from farm.domain.jobs import JobSpec, JobState
-from farm.errors import PoisonJob
+from farm.errors import PoisonJob, ServiceUnavailable
 from farm.families import get
 from farm.stages import (
+    TEXT_PRIOR_TASKS,
+    cache_zero_embed,
     png_bytes,
     run_controlnet_prior,
-    run_decoder,
+    run_decoder_batch,
     run_prior,
-    run_single,
+    run_prior_batch,
+    run_single_batch,
 )
 from farm.stores.records import ACTIVE
 from workers.context import WorkerContext
@@ -88,120 +92,207 @@ def _images(ctx: WorkerContext, job: JobSpec, inputs: dict[str, str], stage: str
     return {ref: load(ctx.objects.get(inputs[ref]), "L" if ref in grey else "RGB") for ref in refs}
 
 
-def prior(
-    ctx: WorkerContext,
-    job_id: str,
-    campaign_id: str,
-    spec: dict,
-    key: str,
-    retries: int,
-    inputs: dict | None = None,
-) -> dict:
-    if not _start(
-        ctx,
-        job_id,
-        campaign_id,
-        "prior",
-        JobState.PRIOR,
-        (JobState.QUEUED, JobState.PRIOR),
-        retries,
-    ):
-        return {"job_id": job_id, "skipped": True}
-    job = JobSpec.model_validate(spec)
-    images = _images(ctx, job, inputs or {}, "prior")
-    t0 = time.perf_counter()
-    pipe = ctx.models.pipeline(job.model, job.task)
-    helpers = get(job.model).tasks[job.task].helpers
-    if job.task.startswith("controlnet"):
-        depth = ctx.models.helper(job.model, helpers[0]) if helpers else None
-        emb = run_controlnet_prior(pipe, depth, job, images)
-    else:
-        emb = run_prior(pipe, job, images)
-    ctx.records.add_timing(job_id, "prior", time.perf_counter() - t0)
-    emb_key = ctx.embeddings.put(job_id, emb)
-    if ctx.records.state(job_id) != JobState.PRIOR:
-        # Cancelled while the prior ran: enqueue nothing new. (Were the cancel to land after this
-        # check, the decoder's own move out of "prior" would refuse the job.)
-        ctx.embeddings.delete(job_id)
-        return {"job_id": job_id, "skipped": True}
+def _started(ctx, campaign_id, jobs, stage, to, allowed, retries) -> list[tuple[dict, JobSpec]]:
+    """The message's jobs this delivery runs (the others are cancelled, done or poison)."""
+    out = []
+    for job in jobs:
+        if _start(ctx, job["job_id"], campaign_id, stage, to, allowed, retries):
+            out.append((job, JobSpec.model_validate(job["spec"])))
+    return out
+
+
+def _send(ctx: WorkerContext, task: str, campaign_id: str, jobs: list[dict]) -> None:
+    """The next hop of these jobs: one message, routed to their family's queue."""
     ctx.app.send_task(
-        keys.DECODER_TASK,
-        kwargs={
-            "job_id": job_id,
-            "campaign_id": campaign_id,
-            "spec": spec,
-            "key": key,
-            "emb_key": emb_key,
-            "inputs": inputs or {},
-        },
-        kwargsrepr=f"{{'job_id': '{job_id}', 'campaign_id': '{campaign_id}'}}",
+        task,
+        kwargs={"campaign_id": campaign_id, "jobs": jobs},
+        kwargsrepr=repr({"campaign_id": campaign_id, "jobs": [j["job_id"] for j in jobs]}),
     )
-    return {"job_id": job_id, "emb_key": emb_key}
 
 
-def decoder(
-    ctx: WorkerContext,
-    job_id: str,
-    campaign_id: str,
-    spec: dict,
-    key: str,
-    emb_key: str | None,
-    retries: int,
-    inputs: dict | None = None,
-) -> dict:
-    job = JobSpec.model_validate(spec)
-    two_stage = get(job.model).two_stage
+def _per_job(ctx: WorkerContext, campaign_id: str, run, items: list):
+    """Run ``run`` on the whole batch; if that raises, on each item alone, so one bad job fails
+    alone and its batch mates still render. Returns (item, result) pairs that succeeded."""
+    try:
+        return list(zip(items, run(items), strict=True))
+    except ServiceUnavailable:
+        raise  # Redis or S3 away: the whole message is retried, nobody's fault
+    except Exception:
+        if len(items) == 1:
+            raise
+        log.warning("batch of %d failed; running its jobs one by one", len(items), exc_info=True)
+    done = []
+    for item in items:
+        try:
+            done.append((item, run([item])[0]))
+        except ServiceUnavailable:
+            raise
+        except Exception as e:  # this job's own failure, recorded on it
+            fail(ctx, item[0]["job_id"], campaign_id, e)
+    return done
+
+
+def prior(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int) -> dict:
+    """A message of compatible jobs through the prior (one call for plain prompts, cached
+    results reused), their embeddings stored, one decoder message for those still wanted."""
+    started = _started(
+        ctx, campaign_id, jobs, "prior", JobState.PRIOR, (JobState.QUEUED, JobState.PRIOR), retries
+    )
+    if not started:
+        return {"jobs": len(jobs), "skipped": True}
+    first = started[0][1]
+    pipe = ctx.models.pipeline(first.model, first.task)
+    t0 = time.perf_counter()
+    if first.task in TEXT_PRIOR_TASKS:
+        cache_zero_embed(pipe)
+        cached = ctx.embeddings.cached([spec for _, spec in started])
+        todo = [item for item, hit in zip(started, cached, strict=True) if hit is None]
+
+        def run(items):
+            embs = run_prior_batch(pipe, [spec for _, spec in items])
+            for (_, spec), emb in zip(items, embs, strict=True):
+                ctx.embeddings.cache(spec, emb)
+            return embs
+
+        computed = dict(
+            (item[0]["job_id"], emb) for item, emb in _per_job(ctx, campaign_id, run, todo)
+        )
+        results = []
+        for item, hit in zip(started, cached, strict=True):
+            emb = hit if hit is not None else computed.get(item[0]["job_id"])
+            if emb is not None:
+                results.append((item, emb))
+                ctx.records.add_timing(item[0]["job_id"], "prior_cache_hit", float(hit is not None))
+    else:
+        helpers = get(first.model).tasks[first.task].helpers
+        depth = ctx.models.helper(first.model, helpers[0]) if helpers else None
+
+        def run(items):
+            out = []
+            for job, spec in items:
+                images = _images(ctx, spec, job.get("inputs") or {}, "prior")
+                if spec.task.startswith("controlnet"):
+                    out.append(run_controlnet_prior(pipe, depth, spec, images))
+                else:
+                    out.append(run_prior(pipe, spec, images))
+            return out
+
+        results = _per_job(ctx, campaign_id, run, started)
+    each = (time.perf_counter() - t0) / max(len(started), 1)
+    onward = []
+    for (job, _), emb in results:
+        ctx.records.add_timing(job["job_id"], "prior", each)
+        ctx.records.add_timing(job["job_id"], "prior_batch", float(len(started)))
+        ctx.embeddings.put(job["job_id"], emb)
+        if ctx.records.state(job["job_id"]) != JobState.PRIOR:
+            # Cancelled while the prior ran: enqueue nothing new. (Were the cancel to land after
+            # this check, the decoder's own move out of "prior" would refuse the job.)
+            ctx.embeddings.delete(job["job_id"])
+            continue
+        onward.append(job)
+    if onward:
+        _send(ctx, keys.DECODER_TASK, campaign_id, onward)
+    return {"jobs": [j["job_id"] for j in onward]}
+
+
+def decoder(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int) -> dict:
+    """A message of compatible jobs rendered in one pipeline call, each stored and recorded."""
+    model = JobSpec.model_validate(jobs[0]["spec"]).model
+    two_stage = get(model).two_stage
     # A single-stage job (Kandinsky 3) arrives here straight from the queue.
     allowed = (
         (JobState.PRIOR, JobState.DECODING) if two_stage else (JobState.QUEUED, JobState.DECODING)
     )
-    if not _start(ctx, job_id, campaign_id, "decoder", JobState.DECODING, allowed, retries):
-        return {"job_id": job_id, "skipped": True}
-    emb = ctx.embeddings.get(job_id) if two_stage else None
-    if two_stage and emb is None:
-        # Expired or lost (Redis restart): recompute them. Never borrow another job's.
-        log.warning("job %s: embeddings %s gone, sending it back to the prior", job_id, emb_key)
-        ctx.records.move(job_id, campaign_id, JobState.QUEUED, (JobState.DECODING,))
-        ctx.app.send_task(
-            keys.PRIOR_TASK,
-            kwargs={
-                "job_id": job_id,
-                "campaign_id": campaign_id,
-                "spec": spec,
-                "key": key,
-                "inputs": inputs or {},
-            },
-        )
-        return {"job_id": job_id, "requeued": "prior"}
-    images = _images(ctx, job, inputs or {}, "decoder")
-    pipe = ctx.models.pipeline(job.model, job.task)
+    started = _started(ctx, campaign_id, jobs, "decoder", JobState.DECODING, allowed, retries)
+    embs: dict[str, object] = {}
+    if two_stage and started:
+        lost = []
+        for job, _ in started:
+            emb = ctx.embeddings.get(job["job_id"])
+            if emb is None:
+                lost.append(job)
+            else:
+                embs[job["job_id"]] = emb
+        if lost:
+            # Expired or lost (Redis restart): recompute them. Never borrow another job's.
+            log.warning("%d jobs' embeddings are gone: sending them back to the prior", len(lost))
+            for job in lost:
+                ctx.records.move(job["job_id"], campaign_id, JobState.QUEUED, (JobState.DECODING,))
+            _send(ctx, keys.PRIOR_TASK, campaign_id, lost)
+            started = [(j, s) for j, s in started if j["job_id"] in embs]
+    if not started:
+        return {"jobs": len(jobs), "skipped": True}
+    first = started[0][1]
+    pipe = ctx.models.pipeline(first.model, first.task)
     t0 = time.perf_counter()
-    pictures = run_decoder(pipe, job, emb, images) if two_stage else run_single(pipe, job, images)
-    t1 = time.perf_counter()
-    targets = keys.image_keys(key, job.num_images_per_prompt)
-    for index, (target, picture) in enumerate(zip(targets, pictures, strict=True)):
-        meta = {"job_id": job_id, "campaign_id": campaign_id, "index": index, **spec}
-        data = png_bytes(picture, meta)
-        ctx.objects.put(
-            target, data, "image/png", metadata={"job-id": job_id, "seed": str(job.seed)}
+
+    def run(items):
+        specs = [spec for _, spec in items]
+        images: dict = {}
+        for job, spec in items:
+            images.update(_images(ctx, spec, job.get("inputs") or {}, "decoder"))
+        if two_stage:
+            return run_decoder_batch(pipe, specs, [embs[j["job_id"]] for j, _ in items], images)
+        return run_single_batch(pipe, specs, images)
+
+    rendered = _per_job(ctx, campaign_id, run, started)
+    each = (time.perf_counter() - t0) / max(len(started), 1)
+    with ThreadPoolExecutor(max_workers=min(8, len(rendered) or 1)) as pool:
+        # PNG encoding and the upload of each job run side by side (zlib and sockets release
+        # the GIL); a job is done only once its objects exist.
+        list(
+            pool.map(
+                lambda item: _store(
+                    ctx, campaign_id, item[0][0], item[0][1], item[1], each, len(started)
+                ),
+                rendered,
+            )
         )
-    t2 = time.perf_counter()
-    ctx.records.add_timing(job_id, "decode", t1 - t0)
-    ctx.records.add_timing(job_id, "upload", t2 - t1)
+    return {"jobs": [job["job_id"] for (job, _), _ in rendered]}
+
+
+def _store(
+    ctx: WorkerContext,
+    campaign_id: str,
+    job: dict,
+    spec: JobSpec,
+    pictures: list,
+    decode_s: float,
+    batch: int,
+) -> None:
+    """One rendered job: PNGs and its result record to S3, then done, then what waits on it."""
+    job_id, key = job["job_id"], job["key"]
+    t1 = time.perf_counter()
+    targets = keys.image_keys(key, spec.num_images_per_prompt)
+    for index, (target, picture) in enumerate(zip(targets, pictures, strict=True)):
+        meta = {"job_id": job_id, "campaign_id": campaign_id, "index": index, **job["spec"]}
+        ctx.objects.put(
+            target,
+            png_bytes(picture, meta),
+            "image/png",
+            metadata={"job-id": job_id, "seed": str(spec.seed)},
+        )
+    ctx.records.add_timing(job_id, "decode", decode_s)
+    ctx.records.add_timing(job_id, "decoder_batch", float(batch))
+    ctx.records.add_timing(job_id, "upload", time.perf_counter() - t1)
+    rec = ctx.records.get(job_id)
     result = {
         "job_id": job_id,
         "campaign_id": campaign_id,
-        "spec": spec,
-        "seed": job.seed,
+        "spec": job["spec"],
+        "seed": spec.seed,
         "s3_key": key,
         "s3_keys": targets,
         "width": pictures[0].width,
         "height": pictures[0].height,
-        "timings": ctx.records.get(job_id).timings,
+        "timings": rec.timings,
     }
     ctx.objects.put(
         keys.record_object(key), json.dumps(result, ensure_ascii=False).encode(), "application/json"
     )
+    latency = time.time() - rec.created_at if rec.created_at else None
+    if latency is not None:
+        ctx.records.add_timing(job_id, "latency", latency)
     _, _, complete = ctx.records.move(
         job_id, campaign_id, JobState.DONE, (JobState.DECODING,), s3_key=key
     )
@@ -210,7 +301,6 @@ def decoder(
     release_children(ctx.redis, ctx.records, ctx.app, job_id, campaign_id, ok=True)
     if complete:
         ctx.app.send_task(keys.FINALIZE_TASK, kwargs={"campaign_id": campaign_id})
-    return {"job_id": job_id, "s3_key": key}
 
 
 def finalize(ctx: WorkerContext, campaign_id: str, retries: int) -> dict:

@@ -23,20 +23,30 @@ RETRY = {
 }
 
 
+def _jobs(kwargs: dict) -> list[dict]:
+    """The jobs of a message: a list (``jobs``), or one job in the single-job form earlier
+    versions sent (still accepted, so messages queued across an upgrade run)."""
+    if "jobs" in kwargs and kwargs["jobs"] is not None:
+        return kwargs["jobs"]
+    return [{k: kwargs.get(k) for k in ("job_id", "spec", "key", "inputs")}]
+
+
 def _run(task, handler_name: str, **kwargs) -> dict:
     from workers import handlers
 
     ctx = context.current()
+    jobs = kwargs.get("jobs") or []
     try:
         return getattr(handlers, handler_name)(ctx, retries=task.request.retries, **kwargs)
     except ServiceUnavailable as e:
-        if task.request.retries >= RETRY["max_retries"] and "job_id" in kwargs:
-            handlers.fail(ctx, kwargs["job_id"], kwargs["campaign_id"], e)
+        if task.request.retries >= RETRY["max_retries"]:
+            for job in jobs:
+                handlers.fail(ctx, job["job_id"], kwargs["campaign_id"], e)
         raise
     except (Exception, SoftTimeLimitExceeded) as e:
         # Record it for the client, then let Celery mark the task failed (Flower shows it).
-        if "job_id" in kwargs:
-            handlers.fail(ctx, kwargs["job_id"], kwargs["campaign_id"], e)
+        for job in jobs:
+            handlers.fail(ctx, job["job_id"], kwargs["campaign_id"], e)
         raise
 
 
@@ -44,39 +54,12 @@ def register(app: Celery) -> None:
     """Define the farm's tasks on ``app``."""
 
     @app.task(name=keys.PRIOR_TASK, bind=True, **RETRY)
-    def prior(
-        self, job_id: str, campaign_id: str, spec: dict, key: str, inputs: dict | None = None
-    ) -> dict:
-        return _run(
-            self,
-            "prior",
-            job_id=job_id,
-            campaign_id=campaign_id,
-            spec=spec,
-            key=key,
-            inputs=inputs or {},
-        )
+    def prior(self, campaign_id: str, jobs: list[dict] | None = None, **single) -> dict:
+        return _run(self, "prior", campaign_id=campaign_id, jobs=_jobs({"jobs": jobs, **single}))
 
     @app.task(name=keys.DECODER_TASK, bind=True, **RETRY)
-    def decoder(
-        self,
-        job_id: str,
-        campaign_id: str,
-        spec: dict,
-        key: str,
-        emb_key: str | None,
-        inputs: dict | None = None,
-    ) -> dict:
-        return _run(
-            self,
-            "decoder",
-            job_id=job_id,
-            campaign_id=campaign_id,
-            spec=spec,
-            key=key,
-            emb_key=emb_key,
-            inputs=inputs or {},
-        )
+    def decoder(self, campaign_id: str, jobs: list[dict] | None = None, **single) -> dict:
+        return _run(self, "decoder", campaign_id=campaign_id, jobs=_jobs({"jobs": jobs, **single}))
 
     @app.task(name=keys.FINALIZE_TASK, bind=True, **RETRY)
     def finalize(self, campaign_id: str) -> dict:

@@ -252,6 +252,7 @@ class JobRecord:
     s3_key: str | None = None
     error: dict[str, str] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    created_at: float | None = None
 
     @property
     def seed(self) -> int | None:

@@ -11,11 +11,16 @@ from pydantic import BaseModel
 
 from farm import fleet, keys
 from farm.chains import release
+from farm.domain.batching import batches
 from farm.domain.campaigns import CampaignSpec
 from farm.domain.jobs import JobSpec, new_id
 from farm.domain.validation import check_enabled, check_inputs
 from farm.errors import Conflict, ServiceUnavailable
-from farm.families import get
+
+
+def repr_jobs(campaign_id: str, jobs: list[dict]) -> str:
+    """What Flower shows of a message: ids only (specs can be long and prompts private)."""
+    return repr({"campaign_id": campaign_id, "jobs": [j["job_id"] for j in jobs]})
 
 
 class Submitted(BaseModel):
@@ -141,23 +146,19 @@ class Submitting:
         spec: JobSpec,
         ids: list[str] | None = None,
     ) -> dict:
-        """A job's task arguments: ids, its spec, where its image goes and where its inputs are."""
+        """One job of a message: its id, spec, where its image goes and where its inputs are."""
         prefix = self.settings.s3_prefix
         inputs = {ref: keys.input_object(prefix, tenant, ref) for ref in spec.input_refs()}
         parents = spec.parent_indexes()
         for n, rec in zip(parents, self.records.get_many([ids[n] for n in parents]), strict=True):
             # A chained job reads the first image of the job it names.
             inputs[f"job:{n}"] = rec.s3_keys[0]
-        kwargs = {
+        return {
             "job_id": job_id,
-            "campaign_id": campaign_id,
             "spec": spec.to_dict(),
             "key": keys.image_object(prefix, tenant, campaign_id, job_id),
             "inputs": inputs,
         }
-        if not get(spec.model).two_stage:
-            kwargs["emb_key"] = None
-        return kwargs
 
     def _schedule(
         self, campaign_id: str, tenant: str, jobs: list[tuple[str, JobSpec]], ids: list[str]
@@ -174,7 +175,10 @@ class Submitting:
             parents = [ids[n] for n in spec.parent_indexes()]
             message = {
                 "task": fleet.first_task(spec.model),
-                "kwargs": self._message(job_id, campaign_id, tenant, spec, ids),
+                "kwargs": {
+                    "campaign_id": campaign_id,
+                    "jobs": [self._message(job_id, campaign_id, tenant, spec, ids)],
+                },
                 "parents": parents,
             }
             pipe.set(keys.pending(job_id), json.dumps(message), ex=self.settings.record_ttl_s)
@@ -189,7 +193,8 @@ class Submitting:
     def _enqueue(
         self, campaign_id: str, tenant: str, pairs: list[tuple[str, JobSpec]], ids: list[str]
     ) -> None:
-        """Publish prior tasks in pipelined batches (one Redis round trip per 1,000 messages)."""
+        """Publish the jobs as messages of up to ``batch_max`` compatible jobs each (one pipeline
+        call renders a message's jobs together), pipelined: one Redis round trip per 1,000."""
         try:
             with self.app.producer_or_acquire() as producer:
                 # Declared on every submission, not once per connection: after a Redis restart
@@ -197,16 +202,17 @@ class Submitting:
                 for queue in self.app.amqp.queues.values():
                     queue.bind(producer.channel).declare()
                 with producer.batch(max_size=1000):
-                    for job_id, spec in pairs:
+                    for group in batches(pairs, self.settings.batch_max):
+                        jobs = [self._message(j, campaign_id, tenant, s, ids) for j, s in group]
                         self.app.send_task(
-                            fleet.first_task(spec.model),
-                            kwargs=self._message(job_id, campaign_id, tenant, spec, ids),
+                            fleet.first_task(group[0][1].model),
+                            kwargs={"campaign_id": campaign_id, "jobs": jobs},
                             producer=producer,
                             declare=[],  # declared above, once; per message it is a round trip
                             # The job records are the results; a result subscription per
                             # message would be another Redis command each.
                             ignore_result=True,
-                            kwargsrepr=f"{{'job_id': '{job_id}', 'campaign_id': '{campaign_id}'}}",
+                            kwargsrepr=repr_jobs(campaign_id, jobs),
                         )
         except (redis.RedisError, OSError) as e:
             raise ServiceUnavailable(f"broker: cannot enqueue: {e}") from e

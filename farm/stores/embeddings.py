@@ -63,3 +63,36 @@ class EmbeddingStore:
 
     def delete(self, job_id: str) -> None:
         self.client.delete(keys.embeddings(job_id))
+
+    # -- the prior's results by what determines them --------------------------------------------
+
+    def cached(self, specs) -> list[Embeddings | None]:
+        """Earlier prior results for these specs (same family, prompts, seed, prior settings)."""
+        try:
+            raw = self.client.mget([keys.prior_cache(prior_digest(s)) for s in specs])
+        except redis.RedisError as e:
+            raise ServiceUnavailable(f"redis: {e}") from e
+        return [Embeddings.from_bytes(r) if r is not None else None for r in raw]
+
+    def cache(self, spec, emb: Embeddings) -> None:
+        """Keep a prior result so a campaign re-rendering the prompt skips the prior."""
+        try:
+            self.client.set(keys.prior_cache(prior_digest(spec)), emb.to_bytes(), ex=self.ttl_s)
+        except redis.RedisError as e:
+            raise ServiceUnavailable(f"redis: {e}") from e
+
+
+def prior_digest(spec) -> str:
+    """What a text prior's output depends on, hashed: family, prompts, seed, prior settings."""
+    import hashlib
+    import json
+
+    fields = (
+        spec.model,
+        spec.prompt,
+        spec.negative_prompt,
+        spec.seed,
+        spec.prior_guidance_scale,
+        spec.prior_num_inference_steps,
+    )
+    return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()

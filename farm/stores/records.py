@@ -264,6 +264,7 @@ def _record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
         s3_key=d.get("s3_key") or None,
         error=json.loads(d["error"]) if d.get("error") else None,
         timings=timings,
+        created_at=float(d["created_at"]) if d.get("created_at") else None,
     )
 
 

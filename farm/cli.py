@@ -243,6 +243,27 @@ def cmd_models(settings: Settings, args) -> int:
     return 1 if bad and args.models_command == "verify" else 0
 
 
+def cmd_bench(settings: Settings, args) -> int:
+    from farm.local import bench
+    from farm.local.stack import parse_workers
+
+    if args.batch:
+        settings = _with(settings, batch_max=args.batch)
+    result = bench.run(
+        settings,
+        model=args.model,
+        n=args.jobs,
+        size=args.size,
+        steps=args.steps,
+        prior_steps=args.prior_steps,
+        workers=parse_workers(args.workers),
+        singles=args.singles,
+    )
+    if args.json:
+        bench.save(result, Path(args.json))
+    return 0
+
+
 def cmd_worker(settings: Settings, args) -> int:
     """Replace this process with a Celery worker for one stage and some families."""
     import os
@@ -298,6 +319,16 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument(
         "--workers", help="workers per stage, e.g. prior=1,decoder=2 (default: one each)"
     )
+    b = sub.add_parser("bench", help="the guides' loop against the farm, same run, same jobs")
+    b.add_argument("--model", default="kandinsky-2.2")
+    b.add_argument("--jobs", type=int, default=24)
+    b.add_argument("--size", type=int, default=128, help="height and width")
+    b.add_argument("--steps", type=int, default=20, help="decoder steps")
+    b.add_argument("--prior-steps", type=int, default=10)
+    b.add_argument("--workers", help="workers per stage, e.g. prior=1,decoder=1")
+    b.add_argument("--batch", type=int, help="most jobs per pipeline call (FARM_BATCH_MAX)")
+    b.add_argument("--singles", type=int, default=10, help="one-job campaigns for the overhead")
+    b.add_argument("--json", metavar="FILE", help="write every figure as JSON")
     wk = sub.add_parser("worker", help="run a worker for one stage and some families (a fleet's)")
     wk.add_argument("--stage", required=True, choices=["prior", "decoder"])
     wk.add_argument("--models", help="families it serves, comma-separated (default: all enabled)")
@@ -373,6 +404,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "models": cmd_models,
     "worker": cmd_worker,
+    "bench": cmd_bench,
     "settings": cmd_settings,
     "capabilities": cmd_capabilities,
     "upload": cmd_upload,

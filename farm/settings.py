@@ -89,6 +89,26 @@ class Settings(BaseSettings):
         le=64,
         description="Most compatible jobs of a campaign rendered in one pipeline call (1: none).",
     )
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Torch threads per worker process; 0: torch's default (every core), and the "
+        "local stack divides the cores among its workers.",
+    )
+    attention: Literal["sdpa", "eager"] = Field(
+        "sdpa", description="Attention kernel: sdpa (torch's fused one) or eager (reference)."
+    )
+    channels_last: bool = Field(
+        False, description="UNet/VAE in channels-last memory format (faster on GPUs)."
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the UNet (batches padded to powers of two: few shapes).",
+    )
+    cpu_offload: bool = Field(
+        False, description="CUDA: keep weights on the CPU, move each model in when it runs."
+    )
     device: str = Field("cpu", description="Torch device for the pipelines: cpu, cuda, cuda:1 ...")
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="Torch dtype the pipelines are loaded in."
@@ -272,6 +292,18 @@ class Settings(BaseSettings):
 
     def is_tiny_location(self, part) -> bool:
         return self.locations.get(part.setting, TINY) == TINY
+
+    @property
+    def speed(self):
+        """The speed switches of the pipelines this process loads."""
+        from farm.families.loading import Speed
+
+        return Speed(
+            attention=self.attention,
+            channels_last=self.channels_last,
+            compile=self.compile,
+            cpu_offload=self.cpu_offload,
+        )
 
     @property
     def tiny_dir(self) -> Path:

@@ -191,8 +191,22 @@ def run_decoder(
     return out.images
 
 
+def padded(specs: list, *others: list) -> tuple:
+    """Lists grown to the next power of two by repeating their last item (``torch.compile``d
+    UNets then see a handful of batch shapes, not one per batch size). Returns the real count."""
+    n = len(specs)
+    size = 1 << (n - 1).bit_length()
+    grow = [lst + [lst[-1]] * (size - n) for lst in (specs, *others)]
+    return (n, *grow)
+
+
 def run_decoder_batch(
-    pipe, specs: list[JobSpec], embs: list[Embeddings], images: dict[str, Image.Image]
+    pipe,
+    specs: list[JobSpec],
+    embs: list[Embeddings],
+    images: dict[str, Image.Image],
+    *,
+    pad: bool = False,
 ) -> list[list[Image.Image]]:
     """Several compatible jobs rendered in one pipeline call, one generator per row.
 
@@ -202,6 +216,9 @@ def run_decoder_batch(
     """
     if len(specs) == 1:
         return [run_decoder(pipe, specs[0], embs[0], images)]
+    real = len(specs)
+    if pad:
+        real, specs, embs = padded(specs, embs)
     spec = specs[0]
     device, dtype = pipe.device, pipe.dtype
     kwargs = {}
@@ -227,15 +244,18 @@ def run_decoder_batch(
         generator=[generator(s.seed) for s in specs],
         **kwargs,
     )
-    return [[image] for image in out.images]
+    return [[image] for image in out.images[:real]]
 
 
 def run_single_batch(
-    pipe, specs: list[JobSpec], images: dict[str, Image.Image]
+    pipe, specs: list[JobSpec], images: dict[str, Image.Image], *, pad: bool = False
 ) -> list[list[Image.Image]]:
     """Several compatible single-stage jobs in one call, one generator per row (as above)."""
     if len(specs) == 1:
         return [run_single(pipe, specs[0], images)]
+    real = len(specs)
+    if pad:
+        real, specs = padded(specs)
     spec = specs[0]
     kwargs = {}
     if spec.task == "img2img":
@@ -261,7 +281,7 @@ def run_single_batch(
         num_images_per_prompt=1,
         **kwargs,
     )
-    return [[image] for image in out.images]
+    return [[image] for image in out.images[:real]]
 
 
 def run_single(

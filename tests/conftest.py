@@ -55,8 +55,25 @@ def settings(valkey, seaweed, tmp_path_factory) -> Settings:
         api_tokens=api_tokens,
         api_port=0,
         flower_port=0,
+        torch_threads=THREADS,
         **seaweed,
     )
+
+
+# Float reductions split over threads sum in another order: the farm's pixels equal an in-process
+# render exactly when both use the same number of torch threads (else within 1/255). The
+# session's workers and this process use the same count.
+THREADS = 1
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _same_threads_as_the_workers():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

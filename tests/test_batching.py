@@ -142,3 +142,35 @@ def test_what_batches_together():
     groups = [[n for n, _ in g] for g in batches(items, 3)]
     assert groups == [[0, 2, 4], [1], [3], [5], [6]]
     assert [[n for n, _ in g] for g in batches(items, 1)] == [[n] for n in range(7)]
+
+
+def test_padding_to_a_power_of_two_changes_no_row(models, images):
+    specs = _specs("kandinsky-2.2", "text2img")  # three jobs: padded to four
+    decoder = models["decoder"].pipeline("kandinsky-2.2", "text2img")
+    embs = [_embeddings(models, s, images) for s in specs]
+    plain = run_decoder_batch(decoder, specs, embs, images)
+    padded = run_decoder_batch(decoder, specs, embs, images, pad=True)
+    assert len(padded) == 3
+    for a, b in zip(plain, padded, strict=True):
+        assert np.abs(np.asarray(a[0], dtype=int) - np.asarray(b[0], dtype=int)).max() <= 1
+    single = _specs("kandinsky-3", "text2img")
+    k3 = models["decoder"].pipeline("kandinsky-3", "text2img")
+    assert len(run_single_batch(k3, single, images, pad=True)) == 3
+
+
+def test_speed_switches_keep_the_picture(models, images, tmp_path):
+    """channels-last and the eager attention processor render what the defaults render."""
+    from farm.families.loading import Speed, load
+
+    settings = models["decoder"].settings
+    part = get("kandinsky-2.2").part("decoder")
+    spec = _specs("kandinsky-2.2", "text2img")[0]
+    emb = _embeddings(models, spec, images)
+    default = load(part, settings.location(part))
+    tuned = load(part, settings.location(part), speed=Speed(attention="eager", channels_last=True))
+    a = np.asarray(run_decoder(default, spec, emb, images)[0], dtype=int)
+    b = np.asarray(run_decoder(tuned, spec, emb, images)[0], dtype=int)
+    assert np.abs(a - b).max() <= 1
+    assert Settings(compile=True, channels_last=True).speed == Speed(
+        compile=True, channels_last=True
+    )

@@ -99,8 +99,9 @@ def test_different_seeds_give_different_pictures(farm, object_store):
     jobs = [{"prompt": "same", "seed": s, "height": 64, "width": 64, **FAST} for s in (1, 2, 1)]
     recs = farm.submit(jobs).wait(timeout=60)
     pix = [np.asarray(Image.open(io.BytesIO(object_store.get(r.s3_key)))) for r in recs]
-    assert not np.array_equal(pix[0], pix[1])
-    np.testing.assert_array_equal(pix[0], pix[2])
+    assert np.abs(pix[0].astype(int) - pix[1]).mean() > 10
+    # The three share one batched call: rows differ from a lone render by float rounding at most.
+    assert np.abs(pix[0].astype(int) - pix[2]).max() <= 1
 
 
 def test_bad_job_refused_before_anything_is_enqueued(farm, redis_client):
@@ -155,7 +156,7 @@ def test_duplicate_delivery_of_finished_job_is_skipped(farm, redis_client):
             "key": rec.s3_key,
         },
     )
-    assert result.get(timeout=30) == {"job_id": rec.job_id, "skipped": True}
+    assert result.get(timeout=30) == {"jobs": 1, "skipped": True}
     assert int(redis_client.get(keys.attempts(rec.job_id, "prior"))) == 1
 
 

@@ -83,7 +83,11 @@ class Models:
             location = self.settings.location(part)
             t0 = time.perf_counter()
             parts[part.name] = load(
-                part, location, device=self.settings.device, dtype=self.settings.dtype
+                part,
+                location,
+                device=self.settings.device,
+                dtype=self.settings.dtype,
+                speed=self.settings.speed,
             )
             tiny = " (tiny random weights: images are noise)" if is_tiny(location) else ""
             log.info(
@@ -211,6 +215,11 @@ def init(
 ) -> WorkerContext:
     """Build this process's context and load the parts of its first resident families."""
     global _current
+    if settings.torch_threads:
+        import torch
+
+        # Several workers on one machine each using every core oversubscribe it.
+        torch.set_num_threads(settings.torch_threads)
     ctx = WorkerContext(
         settings=settings,
         app=app,

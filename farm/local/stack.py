@@ -235,6 +235,15 @@ class Stack:
         pool = self._pool()
         nodes = state.setdefault("nodes", {})
         tag = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        counts = state["worker_counts"]
+        total = sum(
+            count
+            for stage, count in counts.items()
+            if any(stage in get(f).stages for f in settings.enabled_families)
+        )
+        # Each worker's torch would use every core: divide them instead (FARM_TORCH_THREADS wins).
+        threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // max(total, 1))
+        state["torch_threads"] = threads
         for stage, count in state["worker_counts"].items():
             families = [f for f in settings.enabled_families if stage in get(f).stages]
             if not families:
@@ -251,6 +260,7 @@ class Stack:
                     **env,
                     "FARM_WORKER_STAGE": stage,
                     "FARM_WORKER_MODELS": ",".join(families),
+                    "FARM_TORCH_THREADS": str(threads),
                 }
                 log = self.dir / "logs" / f"{name}.log"
                 started.append(spawn(name, [*celery, *argv], log, worker_env, "celery"))

@@ -2,9 +2,10 @@
 
 Kept apart from the Celery adapters (``tasks.py``), which only unpack messages and map errors to
 Celery's retries: these functions take a ``WorkerContext`` (its Redis, S3, Celery app to send the
-next hop with, and the worker's models). Every state change goes through RecordStore.move, which
-checks the state it leaves: a cancelled or finished job is never picked up again, whatever
-messages are still queued for it.
+next hop with, and the worker's models). A message carries a batch of compatible jobs; Redis
+work is done a batch at a time (one round trip per step, not per job). Every state change goes
+through RecordStore's transition script, which checks the state it leaves: a cancelled or
+finished job is never picked up again, whatever messages are still queued for it.
 """
 
 from __future__ import annotations
@@ -35,38 +36,6 @@ from workers.context import WorkerContext
 log = logging.getLogger("farm.worker")
 
 
-def _count_delivery(ctx: WorkerContext, job_id: str, stage: str, retries: int) -> int:
-    """Count a delivery of (job, stage); retries we asked for ourselves do not count."""
-    key = keys.attempts(job_id, stage)
-    pipe = ctx.redis.pipeline()
-    pipe.incr(key)
-    pipe.expire(key, ctx.settings.record_ttl_s)
-    return int(pipe.execute()[0]) - retries
-
-
-def _start(
-    ctx: WorkerContext, job_id: str, cid: str, stage: str, to: JobState, allowed, retries: int
-) -> bool:
-    """Move the job into this stage, or say why not; fail it once it has killed too many workers."""
-    moved, was, _ = ctx.records.move(job_id, cid, to, allowed)
-    if not moved:
-        # Cancelled, finished, reset by a resume, or unknown: this delivery has nothing to do.
-        log.info(
-            "job %s is %s: %s delivery skipped", job_id, was.value if was else "unknown", stage
-        )
-        return False
-    attempts = _count_delivery(ctx, job_id, stage, retries)
-    if attempts > ctx.settings.max_attempts:
-        fail(
-            ctx,
-            job_id,
-            cid,
-            PoisonJob(f"{stage} stage delivered {attempts} times; a worker died each time"),
-        )
-        return False
-    return True
-
-
 def fail(ctx: WorkerContext, job_id: str, campaign_id: str, exc: BaseException) -> None:
     error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
     moved, _, complete = ctx.records.move(job_id, campaign_id, JobState.FAILED, ACTIVE, error=error)
@@ -93,23 +62,38 @@ def _images(ctx: WorkerContext, job: JobSpec, inputs: dict[str, str], stage: str
 
 
 def _started(ctx, campaign_id, jobs, stage, to, allowed, retries) -> list[tuple[dict, JobSpec]]:
-    """The message's jobs this delivery runs (the others are cancelled, done or poison)."""
+    """Move the message's jobs into this stage (one round trip); the ones that did not move are
+    cancelled, finished, reset by a resume or unknown, and a job delivered more often than
+    ``max_attempts`` (it killed a worker each time) fails as a poison job."""
+    ids = [job["job_id"] for job in jobs]
+    moved = ctx.records.moves(campaign_id, [(j, {}) for j in ids], to, allowed)
+    runs = []
+    for job, (ok, was, _) in zip(jobs, moved, strict=True):
+        if ok:
+            runs.append(job)
+        else:
+            state = was.value if was else "unknown"
+            log.info("job %s is %s: %s delivery skipped", job["job_id"], state, stage)
+    # Retries we asked for ourselves (Redis or S3 away) are not deliveries that killed a worker.
+    counts = ctx.records.count_deliveries([j["job_id"] for j in runs], stage)
     out = []
-    for job in jobs:
-        if _start(ctx, job["job_id"], campaign_id, stage, to, allowed, retries):
+    for job, count in zip(runs, counts, strict=True):
+        if count - retries > ctx.settings.max_attempts:
+            error = PoisonJob(f"{stage} stage delivered {count} times; a worker died each time")
+            fail(ctx, job["job_id"], campaign_id, error)
+        else:
             out.append((job, JobSpec.model_validate(job["spec"])))
     return out
 
 
-def _waited(ctx: WorkerContext, jobs: list[dict], name: str, since: str) -> None:
-    """Record how long each job waited in the queue for this stage (``farm bench`` reports it)."""
-    now = time.time()
-    for job, rec in zip(jobs, ctx.records.get_many([j["job_id"] for j in jobs]), strict=True):
-        start = (
-            (rec.timings.get(since) if since != "created_at" else rec.created_at) if rec else None
-        )
+def _waits(records, since: str) -> dict[str, float]:
+    """How long each job waited in the queue for this stage (``farm bench`` reports it)."""
+    now, out = time.time(), {}
+    for rec in records:
+        start = rec.created_at if since == "created_at" else rec.timings.get(since)
         if start:
-            ctx.records.add_timing(job["job_id"], name, max(now - start, 0.0))
+            out[rec.job_id] = max(now - start, 0.0)
+    return out
 
 
 def _send(ctx: WorkerContext, task: str, campaign_id: str, jobs: list[dict]) -> None:
@@ -144,37 +128,33 @@ def _per_job(ctx: WorkerContext, campaign_id: str, run, items: list):
 
 
 def prior(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int) -> dict:
-    """A message of compatible jobs through the prior (one call for plain prompts, cached
-    results reused), their embeddings stored, one decoder message for those still wanted."""
+    """A message of compatible jobs through the prior (one call for plain prompts, earlier results
+    reused), their embeddings stored, one decoder message for those still wanted."""
     started = _started(
         ctx, campaign_id, jobs, "prior", JobState.PRIOR, (JobState.QUEUED, JobState.PRIOR), retries
     )
     if not started:
         return {"jobs": len(jobs), "skipped": True}
-    _waited(ctx, [job for job, _ in started], "wait_prior", "created_at")
+    ids = [job["job_id"] for job, _ in started]
+    waits = _waits([r for r in ctx.records.get_many(ids) if r], "created_at")
     first = started[0][1]
     pipe = ctx.models.pipeline(first.model, first.task)
+    hits: set[str] = set()
     t0 = time.perf_counter()
     if first.task in TEXT_PRIOR_TASKS:
         cache_zero_embed(pipe)
         cached = ctx.embeddings.cached([spec for _, spec in started])
-        todo = [item for item, hit in zip(started, cached, strict=True) if hit is None]
+        hits = {job["job_id"] for (job, _), hit in zip(started, cached, strict=True) if hit}
+        todo = [item for item in started if item[0]["job_id"] not in hits]
 
         def run(items):
             embs = run_prior_batch(pipe, [spec for _, spec in items])
-            for (_, spec), emb in zip(items, embs, strict=True):
-                ctx.embeddings.cache(spec, emb)
+            ctx.embeddings.cache([(spec, emb) for (_, spec), emb in zip(items, embs, strict=True)])
             return embs
 
-        computed = dict(
-            (item[0]["job_id"], emb) for item, emb in _per_job(ctx, campaign_id, run, todo)
-        )
-        results = []
-        for item, hit in zip(started, cached, strict=True):
-            emb = hit if hit is not None else computed.get(item[0]["job_id"])
-            if emb is not None:
-                results.append((item, emb))
-                ctx.records.add_timing(item[0]["job_id"], "prior_cache_hit", float(hit is not None))
+        made = {job["job_id"]: emb for (job, _), emb in _per_job(ctx, campaign_id, run, todo)}
+        made |= {job["job_id"]: e for (job, _), e in zip(started, cached, strict=True) if e}
+        results = [(item, made[item[0]["job_id"]]) for item in started if item[0]["job_id"] in made]
     else:
         helpers = get(first.model).tasks[first.task].helpers
         depth = ctx.models.helper(first.model, helpers[0]) if helpers else None
@@ -190,19 +170,25 @@ def prior(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int) 
             return out
 
         results = _per_job(ctx, campaign_id, run, started)
-    each = (time.perf_counter() - t0) / max(len(started), 1)
-    onward = []
-    for (job, _), emb in results:
-        ctx.records.add_timing(job["job_id"], "prior", each)
-        ctx.records.add_timing(job["job_id"], "prior_end_at", time.time())
-        ctx.records.add_timing(job["job_id"], "prior_batch", float(len(started)))
-        ctx.embeddings.put(job["job_id"], emb)
-        if ctx.records.state(job["job_id"]) != JobState.PRIOR:
-            # Cancelled while the prior ran: enqueue nothing new. (Were the cancel to land after
-            # this check, the decoder's own move out of "prior" would refuse the job.)
-            ctx.embeddings.delete(job["job_id"])
-            continue
-        onward.append(job)
+    each, end = (time.perf_counter() - t0) / len(started), time.time()
+    done = [job for (job, _), _emb in results]
+    ctx.embeddings.put_many({job["job_id"]: emb for (job, _), emb in results})
+    timings = {
+        job["job_id"]: {
+            "prior": each,
+            "prior_end_at": end,
+            "prior_batch": float(len(started)),
+            "prior_cache_hit": float(job["job_id"] in hits),
+            "wait_prior": waits.get(job["job_id"], 0.0),
+        }
+        for job in done
+    }
+    ctx.records.moves(campaign_id, [], JobState.PRIOR, (), timings=timings)
+    # Cancelled while the prior ran: enqueue nothing new for it. (Were the cancel to land after
+    # this check, the decoder's own move out of "prior" would refuse the job.)
+    states = ctx.records.states([job["job_id"] for job in done])
+    onward = [job for job, state in zip(done, states, strict=True) if state == JobState.PRIOR]
+    ctx.embeddings.delete_many([j["job_id"] for j in done if j not in onward])
     if onward:
         _send(ctx, keys.DECODER_TASK, campaign_id, onward)
     return {"jobs": [j["job_id"] for j in onward]}
@@ -219,24 +205,20 @@ def decoder(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int
     started = _started(ctx, campaign_id, jobs, "decoder", JobState.DECODING, allowed, retries)
     embs: dict[str, object] = {}
     if two_stage and started:
-        lost = []
-        for job, _ in started:
-            emb = ctx.embeddings.get(job["job_id"])
-            if emb is None:
-                lost.append(job)
-            else:
-                embs[job["job_id"]] = emb
+        got = ctx.embeddings.get_many([job["job_id"] for job, _ in started])
+        embs = {job["job_id"]: e for (job, _), e in zip(started, got, strict=True) if e}
+        lost = [job for job, _ in started if job["job_id"] not in embs]
         if lost:
             # Expired or lost (Redis restart): recompute them. Never borrow another job's.
             log.warning("%d jobs' embeddings are gone: sending them back to the prior", len(lost))
-            for job in lost:
-                ctx.records.move(job["job_id"], campaign_id, JobState.QUEUED, (JobState.DECODING,))
+            back = [(j["job_id"], {}) for j in lost]
+            ctx.records.moves(campaign_id, back, JobState.QUEUED, (JobState.DECODING,))
             _send(ctx, keys.PRIOR_TASK, campaign_id, lost)
             started = [(j, s) for j, s in started if j["job_id"] in embs]
     if not started:
         return {"jobs": len(jobs), "skipped": True}
-    since = "prior_end_at" if two_stage else "created_at"
-    _waited(ctx, [job for job, _ in started], "wait_decoder", since)
+    recs = {r.job_id: r for r in ctx.records.get_many([j["job_id"] for j, _ in started]) if r}
+    waits = _waits(recs.values(), "prior_end_at" if two_stage else "created_at")
     first = started[0][1]
     pipe = ctx.models.pipeline(first.model, first.task)
     t0 = time.perf_counter()
@@ -253,19 +235,43 @@ def decoder(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int
         return run_single_batch(pipe, specs, images, pad=pad)
 
     rendered = _per_job(ctx, campaign_id, run, started)
-    each = (time.perf_counter() - t0) / max(len(started), 1)
+    t1 = time.perf_counter()
+    n = len(started)
+    timings = {
+        job["job_id"]: {
+            "decode": (t1 - t0) / n,
+            "decoder_batch": float(n),
+            "wait_decoder": waits.get(job["job_id"], 0.0),
+        }
+        for (job, _), _pictures in rendered
+    }
     with ThreadPoolExecutor(max_workers=min(8, len(rendered) or 1)) as pool:
-        # PNG encoding and the upload of each job run side by side (zlib and sockets release
-        # the GIL); a job is done only once its objects exist.
-        list(
-            pool.map(
-                lambda item: _store(
-                    ctx, campaign_id, item[0][0], item[0][1], item[1], each, len(started)
-                ),
-                rendered,
-            )
+        # PNG encoding and the uploads of the batch's jobs run side by side (zlib and sockets
+        # release the GIL); a job is done only once its objects exist.
+        stored = list(
+            pool.map(lambda r: _store(ctx, campaign_id, *r[0], r[1], recs, timings), rendered)
         )
-    return {"jobs": [job["job_id"] for (job, _), _ in rendered]}
+    t2, now = time.perf_counter(), time.time()
+    for job_id, _ in stored:
+        timings[job_id]["store"] = (t2 - t1) / n  # the batch's wall time for storing, per job
+        rec = recs.get(job_id)
+        if rec and rec.created_at:
+            timings[job_id]["latency"] = now - rec.created_at
+    moved = ctx.records.moves(
+        campaign_id,
+        [(job_id, {"s3_key": key}) for job_id, key in stored],
+        JobState.DONE,
+        (JobState.DECODING,),
+        timings=timings,
+    )
+    ctx.embeddings.delete_many([job_id for job_id, _ in stored])
+    for (job_id, _), (ok, _, _) in zip(stored, moved, strict=True):
+        if ok:
+            # Chained jobs waiting for this image run now, without the client in the loop.
+            release_children(ctx.redis, ctx.records, ctx.app, job_id, campaign_id, ok=True)
+    if any(complete for _, _, complete in moved):
+        ctx.app.send_task(keys.FINALIZE_TASK, kwargs={"campaign_id": campaign_id})
+    return {"jobs": [job_id for job_id, _ in stored]}
 
 
 def _store(
@@ -274,12 +280,12 @@ def _store(
     job: dict,
     spec: JobSpec,
     pictures: list,
-    decode_s: float,
-    batch: int,
-) -> None:
-    """One rendered job: PNGs and its result record to S3, then done, then what waits on it."""
+    recs: dict,
+    timings: dict[str, dict[str, float]],
+) -> tuple[str, str]:
+    """One rendered job's PNGs (parameters in a text chunk) and result record to S3."""
     job_id, key = job["job_id"], job["key"]
-    t1 = time.perf_counter()
+    t0 = time.perf_counter()
     targets = keys.image_keys(key, spec.num_images_per_prompt)
     for index, (target, picture) in enumerate(zip(targets, pictures, strict=True)):
         meta = {"job_id": job_id, "campaign_id": campaign_id, "index": index, **job["spec"]}
@@ -289,10 +295,8 @@ def _store(
             "image/png",
             metadata={"job-id": job_id, "seed": str(spec.seed)},
         )
-    ctx.records.add_timing(job_id, "decode", decode_s)
-    ctx.records.add_timing(job_id, "decoder_batch", float(batch))
-    ctx.records.add_timing(job_id, "upload", time.perf_counter() - t1)
-    rec = ctx.records.get(job_id)
+    timings[job_id]["upload"] = time.perf_counter() - t0
+    rec = recs.get(job_id)
     result = {
         "job_id": job_id,
         "campaign_id": campaign_id,
@@ -302,22 +306,12 @@ def _store(
         "s3_keys": targets,
         "width": pictures[0].width,
         "height": pictures[0].height,
-        "timings": rec.timings,
+        "timings": {**(rec.timings if rec else {}), **timings[job_id]},
     }
     ctx.objects.put(
         keys.record_object(key), json.dumps(result, ensure_ascii=False).encode(), "application/json"
     )
-    latency = time.time() - rec.created_at if rec.created_at else None
-    if latency is not None:
-        ctx.records.add_timing(job_id, "latency", latency)
-    _, _, complete = ctx.records.move(
-        job_id, campaign_id, JobState.DONE, (JobState.DECODING,), s3_key=key
-    )
-    ctx.embeddings.delete(job_id)
-    # Chained jobs waiting for this image run now, without the client in the loop.
-    release_children(ctx.redis, ctx.records, ctx.app, job_id, campaign_id, ok=True)
-    if complete:
-        ctx.app.send_task(keys.FINALIZE_TASK, kwargs={"campaign_id": campaign_id})
+    return job_id, key
 
 
 def finalize(ctx: WorkerContext, campaign_id: str, retries: int) -> dict:

@@ -106,7 +106,7 @@ def baseline(settings: Settings, specs: list[dict], out: Path) -> dict:
     }
 
 
-def _campaign(client, specs: list[dict], poll_s: float = 0.01) -> tuple[float, list[dict]]:
+def _campaign(client, specs: list[dict], poll_s: float = 0.025) -> tuple[float, list[dict]]:
     t0 = time.perf_counter()
     handle = client.submit_campaign(specs)
     while True:
@@ -138,7 +138,7 @@ def farm(settings: Settings, specs: list[dict], workers: dict[str, int], singles
             for spec in specs[:singles]:
                 _, (job,) = _campaign(client, [{**spec, "seed": spec["seed"] + 10_000}])
                 t = job["timings"]
-                compute = t.get("prior", 0) + t.get("decode", 0) + t.get("upload", 0)
+                compute = t.get("prior", 0) + t.get("decode", 0) + t.get("store", 0)
                 one.append(1000 * (t["latency"] - compute))
     finally:
         stack.down()
@@ -150,7 +150,7 @@ def farm(settings: Settings, specs: list[dict], workers: dict[str, int], singles
 
     busy = {
         "prior": sum(t.get("prior", 0.0) for t in timings) / max(workers.get("prior", 1), 1),
-        "decoder": sum(t.get("decode", 0.0) + t.get("upload", 0.0) for t in timings)
+        "decoder": sum(t.get("decode", 0.0) + t.get("store", 0.0) for t in timings)
         / max(workers.get("decoder", 1), 1),
     }
     latency = [1000 * t["latency"] for t in timings if "latency" in t]
@@ -160,7 +160,7 @@ def farm(settings: Settings, specs: list[dict], workers: dict[str, int], singles
         "images_per_s": k / wall,
         "prior_ms": mean_ms("prior"),
         "decoder_ms": mean_ms("decode"),
-        "upload_ms": mean_ms("upload"),
+        "upload_ms": mean_ms("store"),
         "queue_wait_ms": 1000
         * statistics.fmean(t.get("wait_prior", 0.0) + t.get("wait_decoder", 0.0) for t in timings),
         "latency_p50_ms": _pct(latency, 0.5),

@@ -35,6 +35,23 @@ STATE_FILE = "stack.json"
 DEFAULT_WORKERS = {"prior": 1, "decoder": 1}
 
 
+def torch_threads(settings: Settings, counts: dict[str, int]) -> dict[str, int]:
+    """Torch threads per worker of each stage, so the workers do not oversubscribe the cores.
+
+    The decoders divide the cores among themselves; a prior worker gets its share of all the
+    workers' (at least one): its stage is a few percent of the decoder's compute, so a core of
+    its own would mostly idle. FARM_TORCH_THREADS, when set, is every worker's.
+    """
+    if settings.torch_threads:
+        return dict.fromkeys(("prior", "decoder"), settings.torch_threads)
+    cores = os.cpu_count() or 1
+    decoders, total = counts.get("decoder", 0), sum(counts.values())
+    return {
+        "decoder": max(1, cores // max(decoders, 1)),
+        "prior": max(1, cores // max(total, 1)),
+    }
+
+
 def parse_workers(text: str | None) -> dict[str, int]:
     """``prior=1,decoder=2`` -> {"prior": 1, "decoder": 2} (stages left out keep one worker)."""
     out = dict(DEFAULT_WORKERS)
@@ -235,14 +252,12 @@ class Stack:
         pool = self._pool()
         nodes = state.setdefault("nodes", {})
         tag = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        counts = state["worker_counts"]
-        total = sum(
-            count
-            for stage, count in counts.items()
+        counts = {
+            stage: count
+            for stage, count in state["worker_counts"].items()
             if any(stage in get(f).stages for f in settings.enabled_families)
-        )
-        # Each worker's torch would use every core: divide them instead (FARM_TORCH_THREADS wins).
-        threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // max(total, 1))
+        }
+        threads = torch_threads(settings, counts)
         state["torch_threads"] = threads
         for stage, count in state["worker_counts"].items():
             families = [f for f in settings.enabled_families if stage in get(f).stages]
@@ -260,7 +275,7 @@ class Stack:
                     **env,
                     "FARM_WORKER_STAGE": stage,
                     "FARM_WORKER_MODELS": ",".join(families),
-                    "FARM_TORCH_THREADS": str(threads),
+                    "FARM_TORCH_THREADS": str(threads[stage]),
                 }
                 log = self.dir / "logs" / f"{name}.log"
                 started.append(spawn(name, [*celery, *argv], log, worker_env, "celery"))

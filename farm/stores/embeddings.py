@@ -53,6 +53,28 @@ class EmbeddingStore:
             raise ServiceUnavailable(f"redis: cannot store embeddings: {e}") from e
         return key
 
+    def put_many(self, items: dict[str, Embeddings]) -> None:
+        """Several jobs' embeddings in one round trip."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for job_id, emb in items.items():
+                pipe.set(keys.embeddings(job_id), emb.to_bytes(), ex=self.ttl_s)
+            pipe.execute()
+        except redis.RedisError as e:
+            raise ServiceUnavailable(f"redis: cannot store embeddings: {e}") from e
+
+    def get_many(self, job_ids: list[str]) -> list[Embeddings | None]:
+        """Several jobs' embeddings (None where expired or never written), one round trip."""
+        try:
+            raw = self.client.mget([keys.embeddings(j) for j in job_ids]) if job_ids else []
+        except redis.RedisError as e:
+            raise ServiceUnavailable(f"redis: cannot read embeddings: {e}") from e
+        return [None if r is None else Embeddings.from_bytes(r) for r in raw]
+
+    def delete_many(self, job_ids: list[str]) -> None:
+        if job_ids:
+            self.client.delete(*(keys.embeddings(j) for j in job_ids))
+
     def get(self, job_id: str) -> Embeddings | None:
         """The job's embeddings, or None when they expired or were never written."""
         try:
@@ -74,10 +96,13 @@ class EmbeddingStore:
             raise ServiceUnavailable(f"redis: {e}") from e
         return [Embeddings.from_bytes(r) if r is not None else None for r in raw]
 
-    def cache(self, spec, emb: Embeddings) -> None:
-        """Keep a prior result so a campaign re-rendering the prompt skips the prior."""
+    def cache(self, items: list[tuple[object, Embeddings]]) -> None:
+        """Keep prior results so a campaign re-rendering a prompt skips the prior."""
         try:
-            self.client.set(keys.prior_cache(prior_digest(spec)), emb.to_bytes(), ex=self.ttl_s)
+            pipe = self.client.pipeline(transaction=False)
+            for spec, emb in items:
+                pipe.set(keys.prior_cache(prior_digest(spec)), emb.to_bytes(), ex=self.ttl_s)
+            pipe.execute()
         except redis.RedisError as e:
             raise ServiceUnavailable(f"redis: {e}") from e
 

@@ -195,6 +195,70 @@ class RecordStore:
             raise ServiceUnavailable(f"redis: cannot update jobs: {e}") from e
         return moved
 
+    def moves(
+        self,
+        campaign_id: str,
+        moves: list[tuple[str, dict]],
+        to: JobState,
+        allowed: Iterable[JobState],
+        *,
+        timings: dict[str, dict[str, float]] | None = None,
+    ) -> list[tuple[bool, JobState | None, bool]]:
+        """Several jobs' moves (each with its own fields) and timings in one round trip.
+
+        Args:
+            moves: (job id, fields to set with the move) pairs.
+            timings: job id -> timings to record, before the moves.
+
+        Returns:
+            (moved, the state it was in, whether this move finished the campaign) per job.
+        """
+        now, allowed_s = time.time(), _states(allowed)
+        ck = [keys.campaign_counts(campaign_id), keys.campaign(campaign_id)]
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for job_id, values in (timings or {}).items():
+                if values:
+                    pipe.hset(
+                        keys.job(job_id),
+                        mapping={f"t_{k}": round(v, 6) for k, v in values.items()},
+                    )
+            for job_id, fields in moves:
+                argv: list = [to.value, now, allowed_s]
+                for name, value in fields.items():
+                    argv += [name, value]
+                self._transition(keys=[keys.job(job_id), *ck], args=argv, client=pipe)
+            executed = pipe.execute()
+            results = executed[len(executed) - len(moves) :]
+        except redis.RedisError as e:
+            raise ServiceUnavailable(f"redis: cannot update jobs: {e}") from e
+        out = []
+        for ok, cur, complete in results:
+            cur = cur.decode() if isinstance(cur, bytes) else cur
+            out.append((bool(ok), JobState(cur) if cur else None, bool(complete)))
+        return out
+
+    def count_deliveries(self, job_ids: list[str], stage: str) -> list[int]:
+        """Count one delivery of (job, stage) for each job; returns the counts (poison guard)."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.incr(keys.attempts(job_id, stage))
+                pipe.expire(keys.attempts(job_id, stage), self.ttl_s)
+            return [int(n) for n in pipe.execute()[::2]]
+        except redis.RedisError as e:
+            raise ServiceUnavailable(f"redis: {e}") from e
+
+    def states(self, job_ids: list[str]) -> list[JobState | None]:
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hget(keys.job(job_id), "state")
+            raw = pipe.execute()
+        except redis.RedisError as e:
+            raise ServiceUnavailable(f"redis: {e}") from e
+        return [None if v is None else JobState(v.decode()) for v in raw]
+
     def add_timing(self, job_id: str, name: str, seconds: float) -> None:
         self.client.hset(keys.job(job_id), f"t_{name}", round(seconds, 6))
 

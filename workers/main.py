@@ -115,8 +115,12 @@ def _init_or_exit(worker_pid: int) -> None:
             node=plan.node,
         )
         # Tell `farm up` this worker's pipelines are loaded: its main process answers pings
-        # before a prefork child has finished loading.
-        ctx.redis.set(keys.worker_loaded(worker_pid), "1", ex=86_400)
+        # before a prefork child has finished loading. Each pool process counts itself.
+        key = keys.worker_loaded(worker_pid)
+        pipe = ctx.redis.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, 86_400)
+        pipe.execute()
     except Exception:
         logging.getLogger("farm.worker").exception("farm worker: loading the pipelines failed")
         raise SystemExit(70) from None

@@ -128,7 +128,12 @@ def farm(settings: Settings, specs: list[dict], workers: dict[str, int], singles
     from farm.local.stack import Stack
 
     stack = Stack(settings)
-    stack.up(workers=workers, timeout=300)
+    state = stack.up(workers=workers, timeout=300)
+    # How many renders run at once: workers x pool processes.
+    slots = {
+        stage: workers.get(stage, 0) * state.get("worker_shape", {}).get(stage, (1, 1))[0]
+        for stage in ("prior", "decoder")
+    }
     try:
         live = settings.with_stack()
         with Client.from_settings(live) as client:
@@ -149,9 +154,9 @@ def farm(settings: Settings, specs: list[dict], workers: dict[str, int], singles
         return 1000 * statistics.fmean(t.get(name, 0.0) for t in timings)
 
     busy = {
-        "prior": sum(t.get("prior", 0.0) for t in timings) / max(workers.get("prior", 1), 1),
+        "prior": sum(t.get("prior", 0.0) for t in timings) / max(slots["prior"], 1),
         "decoder": sum(t.get("decode", 0.0) + t.get("store", 0.0) for t in timings)
-        / max(workers.get("decoder", 1), 1),
+        / max(slots["decoder"], 1),
     }
     latency = [1000 * t["latency"] for t in timings if "latency" in t]
     batch = [t.get("decoder_batch", 1.0) for t in timings]
@@ -171,6 +176,7 @@ def farm(settings: Settings, specs: list[dict], workers: dict[str, int], singles
         "batch_fill": statistics.fmean(batch) / settings.batch_max,
         "mean_batch": statistics.fmean(batch),
         "prior_cache_hits": int(sum(t.get("prior_cache_hit", 0.0) for t in timings)),
+        "slots": slots,
     }
 
 

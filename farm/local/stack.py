@@ -35,21 +35,22 @@ STATE_FILE = "stack.json"
 DEFAULT_WORKERS = {"prior": 1, "decoder": 1}
 
 
-def torch_threads(settings: Settings, counts: dict[str, int]) -> dict[str, int]:
-    """Torch threads per worker of each stage, so the workers do not oversubscribe the cores.
+def worker_shape(settings: Settings, counts: dict[str, int], pool: str) -> dict[str, tuple]:
+    """(pool processes, torch threads each) per worker of each stage: the stack's workers share
+    the machine's cores instead of each using all of them.
 
-    The decoders divide the cores among themselves; a prior worker gets its share of all the
-    workers' (at least one): its stage is a few percent of the decoder's compute, so a core of
-    its own would mostly idle. FARM_TORCH_THREADS, when set, is every worker's.
+    On the CPU a decoder worker runs one single-threaded pool process per core it gets: whole
+    batches side by side beat one batch split over threads (small tensors scale badly across
+    threads, and a busy neighbour stalls every thread of a split one). A prior worker is a few
+    percent of the decoders' compute: one process, one thread. On CUDA (solo pool) one process
+    drives the GPU. FARM_TORCH_THREADS, when set, is every worker's thread count.
     """
-    if settings.torch_threads:
-        return dict.fromkeys(("prior", "decoder"), settings.torch_threads)
     cores = os.cpu_count() or 1
-    decoders, total = counts.get("decoder", 0), sum(counts.values())
-    return {
-        "decoder": max(1, cores // max(decoders, 1)),
-        "prior": max(1, cores // max(total, 1)),
-    }
+    share = max(1, cores // max(counts.get("decoder", 0), 1))
+    threads = settings.torch_threads or 1
+    if pool != "prefork":
+        return {"prior": (1, threads), "decoder": (1, settings.torch_threads or share)}
+    return {"prior": (1, threads), "decoder": (share, threads)}
 
 
 def parse_workers(text: str | None) -> dict[str, int]:
@@ -257,25 +258,30 @@ class Stack:
             for stage, count in state["worker_counts"].items()
             if any(stage in get(f).stages for f in settings.enabled_families)
         }
-        threads = torch_threads(settings, counts)
-        state["torch_threads"] = threads
+        shape = worker_shape(settings, counts, pool)
+        state["worker_shape"] = shape
         for stage, count in state["worker_counts"].items():
             families = [f for f in settings.enabled_families if stage in get(f).stages]
             if not families:
                 state["worker_counts"][stage] = 0  # no enabled family has this stage
                 continue
+            concurrency, threads = shape[stage]
             for n in range(1, count + 1):
                 name = f"worker-{stage}-{n}"
                 # A name of its own, so readiness waits for *these* workers, not any on the broker.
                 nodes[name] = f"{stage}{n}@{tag}"
                 argv = fleet.worker_argv(
-                    stage=stage, families=families, node=nodes[name], pool=pool
+                    stage=stage,
+                    families=families,
+                    node=nodes[name],
+                    pool=pool,
+                    concurrency=concurrency,
                 )
                 worker_env = {
                     **env,
                     "FARM_WORKER_STAGE": stage,
                     "FARM_WORKER_MODELS": ",".join(families),
-                    "FARM_TORCH_THREADS": str(threads[stage]),
+                    "FARM_TORCH_THREADS": str(threads),
                 }
                 log = self.dir / "logs" / f"{name}.log"
                 started.append(spawn(name, [*celery, *argv], log, worker_env, "celery"))
@@ -344,11 +350,18 @@ class Stack:
         """Whether every worker of this stack has loaded its pipelines."""
         import redis
 
-        pids = [p.pid for p in self.procs() if p.name.startswith("worker")]
+        state = self.read_state() or {}
+        shape = state.get("worker_shape", {})
+        workers = [p for p in self.procs() if p.name.startswith("worker")]
         try:
             client = redis.Redis.from_url(settings.redis_url)
             try:
-                return all(client.exists(keys.worker_loaded(pid)) for pid in pids)
+                for p in workers:
+                    stage = p.name.split("-")[1]
+                    expected = shape.get(stage, (1, 1))[0]  # its pool processes
+                    if int(client.get(keys.worker_loaded(p.pid)) or 0) < expected:
+                        return False
+                return True
             finally:
                 client.close()
         except redis.RedisError:

@@ -160,6 +160,13 @@ def fleet(client, families) -> dict:
     }
 
 
+def render_slots(client, queue: str) -> int:
+    """How many renders of ``queue`` can run at once: the pool processes of its live workers."""
+    return sum(
+        max(len(w["processes"]) - 1, 1) for w in live_workers(client) if queue in w["serves"]
+    )
+
+
 def waiting_reasons(client, families) -> list[str]:
     """Why jobs of these families cannot run now: the queues no live worker serves."""
     served = {q for w in live_workers(client) for q in w["serves"]}

@@ -1,6 +1,7 @@
 """The two stages as pure functions over loaded pipelines. They know nothing of Celery or IO.
 
-Seeding: each stage seeds its own CPU ``torch.Generator`` with the job's seed, the way diffusers'
+Every stage runs under ``torch.inference_mode`` (no autograd bookkeeping; the same kernels, so
+the same pixels). Seeding: each stage seeds its own CPU ``torch.Generator`` with the job's seed, the way diffusers'
 own Kandinsky integration tests call the two pipelines, so a stage re-run on any worker (or in one
 process) gives the same tensors. Input images arrive already decoded (``images`` by reference).
 """
@@ -34,6 +35,7 @@ def with_scheduler(pipe, name: str):
     return type(pipe)(**{**pipe.components, "scheduler": cls.from_config(pipe.scheduler.config)})
 
 
+@torch.inference_mode()
 def run_prior(pipe, spec: JobSpec, images: dict[str, Image.Image] | None = None) -> Embeddings:
     """Prompt (or a weighted mix of prompts and images) -> image embeddings (the CLIP prior)."""
     if spec.task == "interpolate":
@@ -62,6 +64,7 @@ def run_prior(pipe, spec: JobSpec, images: dict[str, Image.Image] | None = None)
 TEXT_PRIOR_TASKS = ("text2img", "img2img", "inpaint")  # the prior reads only the prompt
 
 
+@torch.inference_mode()
 def run_prior_batch(pipe, specs: list[JobSpec]) -> list[Embeddings]:
     """Several compatible jobs' prompts through the prior in one call, one generator per row.
 
@@ -119,6 +122,7 @@ def make_hint(depth: Image.Image) -> torch.Tensor:
     return (torch.from_numpy(array).float() / 255.0).permute(2, 0, 1).unsqueeze(0)
 
 
+@torch.inference_mode()
 def run_controlnet_prior(pipe, depth, spec: JobSpec, images: dict[str, Image.Image]) -> Embeddings:
     """ControlNet jobs on the prior worker: embeddings (text, or image+text for img2img) + hint.
 
@@ -148,6 +152,7 @@ def run_controlnet_prior(pipe, depth, spec: JobSpec, images: dict[str, Image.Ima
     return Embeddings(img_emb.image_embeds, neg_emb.image_embeds, hint)
 
 
+@torch.inference_mode()
 def run_decoder(
     pipe, spec: JobSpec, emb: Embeddings, images: dict[str, Image.Image] | None = None
 ) -> list[Image.Image]:
@@ -200,6 +205,7 @@ def padded(specs: list, *others: list) -> tuple:
     return (n, *grow)
 
 
+@torch.inference_mode()
 def run_decoder_batch(
     pipe,
     specs: list[JobSpec],
@@ -247,6 +253,7 @@ def run_decoder_batch(
     return [[image] for image in out.images[:real]]
 
 
+@torch.inference_mode()
 def run_single_batch(
     pipe, specs: list[JobSpec], images: dict[str, Image.Image], *, pad: bool = False
 ) -> list[list[Image.Image]]:
@@ -284,6 +291,7 @@ def run_single_batch(
     return [[image] for image in out.images[:real]]
 
 
+@torch.inference_mode()
 def run_single(
     pipe, spec: JobSpec, images: dict[str, Image.Image] | None = None
 ) -> list[Image.Image]:

@@ -140,8 +140,14 @@ def test_what_batches_together():
     assert batch_key(d) is None and batch_key(a) != batch_key(e)
     items = [(n, s) for n, s in enumerate([a, c, b, d, a, a, e])]
     groups = [[n for n, _ in g] for g in batches(items, 3)]
-    assert groups == [[0, 2, 4], [1], [3], [5], [6]]
+    assert groups == [[0, 2], [4, 5], [1], [3], [6]]  # four compatible jobs: two even batches
     assert [[n for n, _ in g] for g in batches(items, 1)] == [[n] for n in range(7)]
+    many = [(n, a) for n in range(24)]
+    assert [len(g) for g in batches(many, 8)] == [8, 8, 8]
+    assert [len(g) for g in batches(many, 8, slots=2)] == [6, 6, 6, 6]  # both slots, two rounds
+    assert [len(g) for g in batches(many[:3], 8, slots=4)] == [1, 1, 1]
+    k3 = JobSpec.parse({"model": "kandinsky-2.2-auto", "prompt": "x", "seed": 1})
+    assert batch_key(k3) is None  # a family that does not batch
 
 
 def test_padding_to_a_power_of_two_changes_no_row(models, images):

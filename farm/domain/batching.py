@@ -40,18 +40,32 @@ def batch_key(spec: JobSpec) -> tuple | None:
     return (*(getattr(spec, name) for name in SHARED), spec.negative_prompt is None)
 
 
-def batches(items: Iterable[tuple[T, JobSpec]], max_size: int) -> list[list[tuple[T, JobSpec]]]:
-    """Group (id, spec) pairs into compatible batches of at most ``max_size``, in first-seen order."""
-    groups: dict[object, list[list[tuple[T, JobSpec]]]] = {}
+def batches(
+    items: Iterable[tuple[T, JobSpec]], max_size: int, slots: int = 1
+) -> list[list[tuple[T, JobSpec]]]:
+    """Group (id, spec) pairs into compatible batches of at most ``max_size``, in first-seen order.
+
+    A group is cut into even batches, and into a multiple of ``slots`` of them when that many
+    renders can run at once (the decoders' pool processes): 24 jobs for 2 slots with at most 8
+    a batch make 4 batches of 6 (two rounds, both slots busy), not 3 of 8 (the third alone).
+    """
+    groups: dict[object, list[tuple[T, JobSpec]]] = {}
     order: list[list[tuple[T, JobSpec]]] = []
     for item, spec in items:
         key = batch_key(spec) if max_size > 1 else None
         if key is None:
             order.append([(item, spec)])
-            continue
-        open_batches = groups.setdefault(key, [])
-        if not open_batches or len(open_batches[-1]) >= max_size:
-            open_batches.append([])
-            order.append(open_batches[-1])
-        open_batches[-1].append((item, spec))
-    return order
+        elif key in groups:
+            groups[key].append((item, spec))
+        else:
+            groups[key] = [(item, spec)]
+            order.append(groups[key])
+    out = []
+    for group in order:
+        n = len(group)
+        count = -(-n // max_size)
+        if slots > 1:
+            count = min(n, -(-count // slots) * slots)
+        size = -(-n // count)
+        out += [group[i : i + size] for i in range(0, n, size)]
+    return out

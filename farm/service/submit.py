@@ -16,6 +16,7 @@ from farm.domain.campaigns import CampaignSpec
 from farm.domain.jobs import JobSpec, new_id
 from farm.domain.validation import check_enabled, check_inputs
 from farm.errors import Conflict, ServiceUnavailable
+from farm.families import get
 
 
 def repr_jobs(campaign_id: str, jobs: list[dict]) -> str:
@@ -190,6 +191,18 @@ class Submitting:
         for job_id, _ in held:
             release(self.redis, self.records, self.app, job_id)
 
+    def _batches(self, pairs: list[tuple[str, JobSpec]]) -> list[list[tuple[str, JobSpec]]]:
+        """Compatible jobs in batches, as many as keep every decoder slot of the family busy."""
+        out = []
+        for model in dict.fromkeys(spec.model for _, spec in pairs):
+            mine = [(j, s) for j, s in pairs if s.model == model]
+            try:
+                slots = fleet.render_slots(self.redis, get(model).queue("decoder"))
+            except redis.RedisError:
+                slots = 1
+            out += batches(mine, self.settings.batch_max, max(slots, 1))
+        return out
+
     def _enqueue(
         self, campaign_id: str, tenant: str, pairs: list[tuple[str, JobSpec]], ids: list[str]
     ) -> None:
@@ -202,7 +215,7 @@ class Submitting:
                 for queue in self.app.amqp.queues.values():
                     queue.bind(producer.channel).declare()
                 with producer.batch(max_size=1000):
-                    for group in batches(pairs, self.settings.batch_max):
+                    for group in self._batches(pairs):
                         jobs = [self._message(j, campaign_id, tenant, s, ids) for j, s in group]
                         self.app.send_task(
                             fleet.first_task(group[0][1].model),

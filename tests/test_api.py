@@ -114,7 +114,7 @@ def test_single_job_endpoint_draws_and_records_a_seed(alice):
 def test_cancel_mid_campaign(alice, object_store):
     slow = {**FAST, "num_inference_steps": 12, "height": 128, "width": 128}
     victim = alice.submit_campaign(
-        [{"prompt": f"cancel {i}", "seed": i, **slow} for i in range(24)]
+        [{"prompt": f"cancel {i}", "seed": i, **slow} for i in range(48)]
     )
     bystander = alice.submit_campaign(
         [{"prompt": f"keep {i}", "seed": i, **FAST} for i in range(4)]
@@ -125,7 +125,7 @@ def test_cancel_mid_campaign(alice, object_store):
     counts = status["counts"]
     assert status["state"] == "cancelled"
     assert counts["cancelled"] >= 10 and counts["failed"] == 0
-    assert counts["done"] + counts["cancelled"] == 24
+    assert counts["done"] + counts["cancelled"] == 48
     # A decoder running at cancel time finishes as done (its PNG exists), never as cancelled.
     jobs = list(victim.results())
     done = {j["s3_key"] for j in jobs if j["state"] == "done"}

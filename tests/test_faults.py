@@ -69,7 +69,7 @@ def test_resume_after_redis_flushed_completely(own_stack):
     r = redis.Redis.from_url(settings.redis_url)
     with Client(stack.read_state()["api_url"], token) as client:
         handle = client.submit_campaign(
-            [{"prompt": f"resume {i}", "seed": i, **SLOW} for i in range(10)]
+            [{"prompt": f"resume {i}", "seed": i, **SLOW} for i in range(24)]
         )
         deadline = time.monotonic() + 60
         while handle.status()["counts"]["done"] < 2 and time.monotonic() < deadline:
@@ -77,18 +77,19 @@ def test_resume_after_redis_flushed_completely(own_stack):
         r.flushall()  # queued messages, records, embeddings, counters: all gone
         _wait_idle(settings)  # the jobs that were running finish against the empty Redis
         out = handle.resume()
-        assert out["requeued"] + out["present"] == 10 and out["requeued"] >= 1
+        # Batches still queued or rendering when Redis lost everything come back.
+        assert out["requeued"] + out["present"] == 24 and out["requeued"] >= 1
         status = handle.wait(timeout=180)
-        assert status["counts"]["done"] == 10, status
+        assert status["counts"]["done"] == 24, status
         prefix = f"renders/carol/{handle.id}/"
         pngs = sorted(
             k for k in objects.list_keys(prefix) if k.endswith(".png") and "contact_sheet" not in k
         )
         jobs = list(handle.results())
         # Every image present, exactly once: one object per job, at the job's own key.
-        assert pngs == sorted(j["s3_key"] for j in jobs) and len(set(pngs)) == 10
+        assert pngs == sorted(j["s3_key"] for j in jobs) and len(set(pngs)) == 24
         # Resuming a finished campaign requeues nothing.
-        assert handle.resume() == {"requeued": 0, "present": 10}
+        assert handle.resume() == {"requeued": 0, "present": 24}
 
 
 def test_api_says_503_when_redis_and_s3_are_down(tmp_path):

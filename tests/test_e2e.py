@@ -211,3 +211,16 @@ def test_failure_is_recorded_with_type_and_message(farm, redis_client):
     rec = campaign.records()[0]
     assert rec.state.value == "failed"
     assert rec.error["type"] == "ValidationError" and "prompt" in rec.error["message"]
+
+
+def test_rerendering_prompts_skips_the_prior(farm):
+    """A campaign that re-renders prompts and seeds with new decoder settings reuses the prior."""
+    jobs = [
+        {"prompt": f"cached {i}", "seed": 40 + i, "height": 64, "width": 64, **FAST}
+        for i in range(3)
+    ]
+    first = farm.submit(jobs).wait(timeout=60)
+    again = farm.submit([{**j, "guidance_scale": 6.0} for j in jobs]).wait(timeout=60)
+    assert [r.timings.get("prior_cache_hit") for r in first] == [0.0, 0.0, 0.0]
+    assert [r.timings.get("prior_cache_hit") for r in again] == [1.0, 1.0, 1.0]
+    assert all(r.state.value == "done" for r in again)

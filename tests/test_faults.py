@@ -174,3 +174,45 @@ def test_worker_killed_mid_decode_job_still_finishes_once(own_stack):
     from farm import keys
 
     assert int(r.get(keys.attempts(job["job_id"], "decoder"))) == 2  # delivered again, once
+
+
+def test_worker_killed_mid_batch_loses_no_job_and_duplicates_none(own_stack):
+    """A batch message is acknowledged after all its jobs are stored: kill the decoder's pool
+    processes while they render batches, and every job still ends done, each image once."""
+    import os
+    import signal
+
+    settings, stack, token = own_stack
+    from farm import keys
+    from farm.stores.objects import ObjectStore
+
+    decoder = next(p for p in stack.procs() if p.name == "worker-decoder-1")
+    slow = {**SLOW, "num_inference_steps": 40, "height": 128, "width": 128}
+    with Client(stack.read_state()["api_url"], token) as client:
+        handle = client.submit_campaign(
+            [{"prompt": f"batch crash {i}", "seed": 100 + i, **slow} for i in range(8)]
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if handle.status()["counts"]["decoding"] >= 2:
+                break
+            time.sleep(0.02)
+        victims = _children(decoder.pid)
+        assert victims, "the decoder worker has no pool process"
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        status = handle.wait(timeout=180)
+        assert status["counts"]["done"] == 8, status
+        jobs = list(handle.results())
+    batches = {j["timings"]["decoder_batch"] for j in jobs}
+    assert max(batches) > 1, "the jobs did not render in batches"
+    objects = ObjectStore.from_settings(settings)
+    pngs = sorted(
+        k
+        for k in objects.list_keys(f"renders/carol/{handle.id}/")
+        if k.endswith(".png") and "contact" not in k
+    )
+    assert pngs == sorted(j["s3_key"] for j in jobs)  # every job's image, once
+    r = redis.Redis.from_url(settings.redis_url)
+    attempts = [int(r.get(keys.attempts(j["job_id"], "decoder")) or 0) for j in jobs]
+    assert max(attempts) == 2  # the killed batches were delivered again, once

@@ -28,7 +28,7 @@ TFLOP_PER_IMAGE = 204.0  # 768², 50 steps, guidance on (see the docstring)
 def build(tiny: bool):
     """A KandinskyV22Pipeline with random weights: the real architecture, or the tests' tiny one."""
     import torch
-    from diffusers import DDPMScheduler, KandinskyV22Pipeline, UNet2DConditionModel, VQModel
+    from diffusers import KandinskyV22Pipeline, UNet2DConditionModel, VQModel
 
     if tiny:
         from farm.families.tiny import _decoder_components
@@ -73,16 +73,9 @@ def build(tiny: bool):
         num_vq_embeddings=16384,
         vq_embed_dim=4,
     )
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_schedule="linear",
-        beta_start=0.00085,
-        beta_end=0.012,
-        clip_sample=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-        thresholding=False,
-    )
+    from farm.families.tiny import k22_scheduler
+
+    scheduler = k22_scheduler()
     return KandinskyV22Pipeline(unet=unet, scheduler=scheduler, movq=movq)
 
 

@@ -45,22 +45,6 @@ def own_stack(seaweed, tmp_path_factory):
         valkey.stop()
 
 
-def _wait_idle(settings, timeout: float = 60) -> None:
-    """Until no worker has a task in hand (asked over the broker, as `celery inspect` does)."""
-    from workers.app import create_app
-
-    app = create_app(settings)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            active = app.control.inspect(timeout=0.5).active()
-            if active is not None and not any(active.values()):
-                return
-        raise AssertionError("workers still busy")
-    finally:
-        app.close()
-
-
 def test_resume_after_redis_flushed_completely(own_stack):
     settings, stack, token = own_stack
     from farm.stores.objects import ObjectStore
@@ -75,7 +59,9 @@ def test_resume_after_redis_flushed_completely(own_stack):
         while handle.status()["counts"]["done"] < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         r.flushall()  # queued messages, records, embeddings, counters: all gone
-        _wait_idle(settings)  # the jobs that were running finish against the empty Redis
+        from farm.local.bench import wait_idle
+
+        wait_idle(settings)  # the jobs that were running finish against the empty Redis
         out = handle.resume()
         # Batches still queued or rendering when Redis lost everything come back.
         assert out["requeued"] + out["present"] == 24 and out["requeued"] >= 1

@@ -199,12 +199,11 @@ def _kandinsky_unet(in_channels: int, addition: str, hid_proj: str):
     )
 
 
-def _decoder_components(in_channels: int = 4) -> dict:
+def k22_scheduler():
+    """The DDPM scheduler the real 2.2 decoder ships (these settings)."""
     from diffusers import DDPMScheduler
 
-    unet = _kandinsky_unet(in_channels, "image", "image_proj")
-    # The real 2.2 decoder ships a DDPM scheduler with these settings.
-    scheduler = DDPMScheduler(
+    return DDPMScheduler(
         num_train_timesteps=1000,
         beta_schedule="linear",
         beta_start=0.00085,
@@ -214,7 +213,11 @@ def _decoder_components(in_channels: int = 4) -> dict:
         prediction_type="epsilon",
         thresholding=False,
     )
-    return {"unet": unet, "scheduler": scheduler, "movq": _movq()}
+
+
+def _decoder_components(in_channels: int = 4) -> dict:
+    unet = _kandinsky_unet(in_channels, "image", "image_proj")
+    return {"unet": unet, "scheduler": k22_scheduler(), "movq": _movq()}
 
 
 def build_k22_prior(out: Path) -> None:

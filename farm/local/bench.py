@@ -125,7 +125,7 @@ def _campaign(client, specs: list[dict], poll_s: float = 0.2) -> tuple[float, li
     return wall, done
 
 
-def _wait_idle(settings: Settings, timeout: float = 60) -> None:
+def wait_idle(settings: Settings, timeout: float = 60) -> None:
     """Until no worker has a task in hand (asked over the broker, as `celery inspect` does)."""
     from workers.app import create_app
 
@@ -158,7 +158,7 @@ def farm(settings: Settings, specs: list[dict], workers: dict[str, int], singles
             # Warm: first calls of each pipeline, connections; then let its finalize task
             # (results + contact sheet) finish, so it does not hold a worker in the timed run.
             _campaign(client, [{**s, "seed": s["seed"] + 20_000} for s in specs[:2]])
-            _wait_idle(live)
+            wait_idle(live)
             wall, done = _campaign(client, specs)
             one = []
             for spec in specs[:singles]:

@@ -23,6 +23,7 @@ import httpx
 import redis
 
 from farm import keys
+from farm.domain.batching import RENDERS_PER_MESSAGE
 from farm.local.servers import free_port, spawn, start_valkey, start_weed, wait_port
 from farm.settings import Settings
 
@@ -87,7 +88,8 @@ def main() -> None:
             farm_s = time.perf_counter() - t
             resp.raise_for_status()
         # Compatible jobs travel in messages of up to FARM_BATCH_MAX.
-        assert resp.json()["job_count"] == n and r.llen(QUEUE) == -(-n // settings.batch_max)
+        per_message = settings.batch_max * RENDERS_PER_MESSAGE
+        assert resp.json()["job_count"] == n and r.llen(QUEUE) == -(-n // per_message)
         r.delete(QUEUE)
 
         from workers.app import create_app

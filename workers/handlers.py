@@ -148,7 +148,9 @@ def prior(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int) 
         todo = [item for item in started if item[0]["job_id"] not in hits]
 
         def run(items):
-            embs = run_prior_batch(pipe, [spec for _, spec in items])
+            embs = []
+            for chunk in split(items, ctx.settings.batch_max):
+                embs += run_prior_batch(pipe, [spec for _, spec in chunk])
             ctx.embeddings.cache([(spec, emb) for (_, spec), emb in zip(items, embs, strict=True)])
             return embs
 
@@ -221,7 +223,6 @@ def decoder(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int
     waits = _waits(recs.values(), "prior_end_at" if two_stage else "created_at")
     first = started[0][1]
     pipe = ctx.models.pipeline(first.model, first.task)
-    t0 = time.perf_counter()
 
     def run(items):
         specs = [spec for _, spec in items]
@@ -234,26 +235,56 @@ def decoder(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int
             return run_decoder_batch(pipe, specs, rows, images, pad=pad)
         return run_single_batch(pipe, specs, images, pad=pad)
 
-    rendered = _per_job(ctx, campaign_id, run, started)
-    t1 = time.perf_counter()
-    n = len(started)
-    timings = {
-        job["job_id"]: {
-            "decode": (t1 - t0) / n,
-            "decoder_batch": float(n),
-            "wait_decoder": waits.get(job["job_id"], 0.0),
-        }
-        for (job, _), _pictures in rendered
-    }
-    with ThreadPoolExecutor(max_workers=min(8, len(rendered) or 1)) as pool:
-        # PNG encoding and the uploads of the batch's jobs run side by side (zlib and sockets
-        # release the GIL); a job is done only once its objects exist.
-        stored = list(
-            pool.map(lambda r: _store(ctx, campaign_id, *r[0], r[1], recs, timings), rendered)
-        )
-    t2, now = time.perf_counter(), time.time()
+    finished: list[str] = []
+    complete = False
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        pending = None  # the previous render's stores, running while the next one renders
+        for chunk in split(started, ctx.settings.batch_max):
+            t0 = time.perf_counter()
+            rendered = _per_job(ctx, campaign_id, run, chunk)
+            each = (time.perf_counter() - t0) / len(chunk)
+            timings = {
+                job["job_id"]: {
+                    "decode": each,
+                    "decoder_batch": float(len(chunk)),
+                    "wait_decoder": waits.get(job["job_id"], 0.0),
+                }
+                for (job, _), _pictures in rendered
+            }
+            # PNG encoding and uploads run in threads (zlib and sockets release the GIL) while
+            # the next render starts; a job is done only once its objects exist.
+            stores = [
+                pool.submit(_store, ctx, campaign_id, job, spec, pictures, recs, timings)
+                for (job, spec), pictures in rendered
+            ]
+            if pending is not None:
+                ids, done = _finish(ctx, campaign_id, *pending, recs)
+                finished, complete = finished + ids, complete or done
+            pending = (stores, timings)
+        if pending is not None:
+            ids, done = _finish(ctx, campaign_id, *pending, recs)
+            finished, complete = finished + ids, complete or done
+    if complete:
+        ctx.app.send_task(keys.FINALIZE_TASK, kwargs={"campaign_id": campaign_id})
+    return {"jobs": finished}
+
+
+def split(items: list, most: int) -> list[list]:
+    """``items`` in even chunks of at most ``most`` (7 by 4 -> 4 + 3, not 4 + 3 by luck)."""
+    count = -(-len(items) // max(most, 1))
+    size = -(-len(items) // max(count, 1))
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _finish(ctx, campaign_id, stores, timings, recs) -> tuple[list[str], bool]:
+    """Wait for one render's stores, then mark its jobs done (one round trip) and release
+    what waits on them. Returns the jobs and whether one of them finished the campaign."""
+    t0 = time.perf_counter()
+    stored = [f.result() for f in stores]
+    waited, now = time.perf_counter() - t0, time.time()
     for job_id, _ in stored:
-        timings[job_id]["store"] = (t2 - t1) / n  # the batch's wall time for storing, per job
+        # The part of storing that the next render did not hide (waited for), per job.
+        timings[job_id]["store"] = waited / max(len(stored), 1)
         rec = recs.get(job_id)
         if rec and rec.created_at:
             timings[job_id]["latency"] = now - rec.created_at
@@ -269,9 +300,7 @@ def decoder(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int
         if ok:
             # Chained jobs waiting for this image run now, without the client in the loop.
             release_children(ctx.redis, ctx.records, ctx.app, job_id, campaign_id, ok=True)
-    if any(complete for _, _, complete in moved):
-        ctx.app.send_task(keys.FINALIZE_TASK, kwargs={"campaign_id": campaign_id})
-    return {"jobs": [job_id for job_id, _ in stored]}
+    return [job_id for job_id, _ in stored], any(done for _, _, done in moved)
 
 
 def _store(

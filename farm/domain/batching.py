@@ -16,6 +16,10 @@ from farm.domain.jobs import JobSpec
 
 T = TypeVar("T")
 
+# A message holds up to this many renders' worth of jobs: its decoder stores one render's
+# images while it runs the next, and a killed worker redoes at most one message.
+RENDERS_PER_MESSAGE = 4
+
 SHARED = (
     "model",
     "task",

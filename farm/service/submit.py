@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from farm import fleet, keys
 from farm.chains import release
-from farm.domain.batching import batches
+from farm.domain.batching import RENDERS_PER_MESSAGE, batches
 from farm.domain.campaigns import CampaignSpec
 from farm.domain.jobs import JobSpec, new_id
 from farm.domain.validation import check_enabled, check_inputs
@@ -192,7 +192,8 @@ class Submitting:
             release(self.redis, self.records, self.app, job_id)
 
     def _batches(self, pairs: list[tuple[str, JobSpec]]) -> list[list[tuple[str, JobSpec]]]:
-        """Compatible jobs in batches, as many as keep every decoder slot of the family busy."""
+        """Compatible jobs in messages of up to RENDERS_PER_MESSAGE renders, as many messages as
+        keep every decoder process of the family busy (each renders ``batch_max`` at a time)."""
         out = []
         for model in dict.fromkeys(spec.model for _, spec in pairs):
             mine = [(j, s) for j, s in pairs if s.model == model]
@@ -200,7 +201,8 @@ class Submitting:
                 slots = fleet.render_slots(self.redis, get(model).queue("decoder"))
             except redis.RedisError:
                 slots = 1
-            out += batches(mine, self.settings.batch_max, max(slots, 1))
+            most = self.settings.batch_max * RENDERS_PER_MESSAGE
+            out += batches(mine, most, max(slots, 1))
         return out
 
     def _enqueue(

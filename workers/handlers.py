@@ -197,32 +197,17 @@ def prior(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int) 
 
 
 def decoder(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int) -> dict:
-    """A message of compatible jobs rendered in one pipeline call, each stored and recorded."""
-    model = JobSpec.model_validate(jobs[0]["spec"]).model
-    two_stage = get(model).two_stage
+    """A message of compatible jobs rendered ``batch_max`` at a time, each render's images
+    stored while the next one runs. A job moves to "decoding" only when its render starts, so a
+    cancel still stops the message's later jobs."""
+    first = JobSpec.model_validate(jobs[0]["spec"])
+    two_stage = get(first.model).two_stage
     # A single-stage job (Kandinsky 3) arrives here straight from the queue.
     allowed = (
         (JobState.PRIOR, JobState.DECODING) if two_stage else (JobState.QUEUED, JobState.DECODING)
     )
-    started = _started(ctx, campaign_id, jobs, "decoder", JobState.DECODING, allowed, retries)
-    embs: dict[str, object] = {}
-    if two_stage and started:
-        got = ctx.embeddings.get_many([job["job_id"] for job, _ in started])
-        embs = {job["job_id"]: e for (job, _), e in zip(started, got, strict=True) if e}
-        lost = [job for job, _ in started if job["job_id"] not in embs]
-        if lost:
-            # Expired or lost (Redis restart): recompute them. Never borrow another job's.
-            log.warning("%d jobs' embeddings are gone: sending them back to the prior", len(lost))
-            back = [(j["job_id"], {}) for j in lost]
-            ctx.records.moves(campaign_id, back, JobState.QUEUED, (JobState.DECODING,))
-            _send(ctx, keys.PRIOR_TASK, campaign_id, lost)
-            started = [(j, s) for j, s in started if j["job_id"] in embs]
-    if not started:
-        return {"jobs": len(jobs), "skipped": True}
-    recs = {r.job_id: r for r in ctx.records.get_many([j["job_id"] for j, _ in started]) if r}
-    waits = _waits(recs.values(), "prior_end_at" if two_stage else "created_at")
-    first = started[0][1]
     pipe = ctx.models.pipeline(first.model, first.task)
+    embs: dict[str, object] = {}
 
     def run(items):
         specs = [spec for _, spec in items]
@@ -239,7 +224,14 @@ def decoder(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int
     complete = False
     with ThreadPoolExecutor(max_workers=8) as pool:
         pending = None  # the previous render's stores, running while the next one renders
-        for chunk in split(started, ctx.settings.batch_max):
+        for part in split(jobs, ctx.settings.batch_max):
+            chunk = _started(ctx, campaign_id, part, "decoder", JobState.DECODING, allowed, retries)
+            if two_stage and chunk:
+                chunk = _with_embeddings(ctx, campaign_id, chunk, embs)
+            if not chunk:
+                continue
+            recs = {r.job_id: r for r in ctx.records.get_many([j["job_id"] for j, _ in chunk]) if r}
+            waits = _waits(recs.values(), "prior_end_at" if two_stage else "created_at")
             t0 = time.perf_counter()
             rendered = _per_job(ctx, campaign_id, run, chunk)
             each = (time.perf_counter() - t0) / len(chunk)
@@ -258,15 +250,29 @@ def decoder(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int
                 for (job, spec), pictures in rendered
             ]
             if pending is not None:
-                ids, done = _finish(ctx, campaign_id, *pending, recs)
+                ids, done = _finish(ctx, campaign_id, *pending)
                 finished, complete = finished + ids, complete or done
-            pending = (stores, timings)
+            pending = (stores, timings, recs)
         if pending is not None:
-            ids, done = _finish(ctx, campaign_id, *pending, recs)
+            ids, done = _finish(ctx, campaign_id, *pending)
             finished, complete = finished + ids, complete or done
     if complete:
         ctx.app.send_task(keys.FINALIZE_TASK, kwargs={"campaign_id": campaign_id})
-    return {"jobs": finished}
+    return {"jobs": finished} if finished else {"jobs": len(jobs), "skipped": True}
+
+
+def _with_embeddings(ctx, campaign_id, chunk, embs: dict) -> list:
+    """The jobs whose embeddings are there (fetched into ``embs``); the others go back to the
+    prior (expired, or Redis restarted): recomputed, never borrowed from another job."""
+    got = ctx.embeddings.get_many([job["job_id"] for job, _ in chunk])
+    embs.update({job["job_id"]: e for (job, _), e in zip(chunk, got, strict=True) if e})
+    lost = [job for job, _ in chunk if job["job_id"] not in embs]
+    if lost:
+        log.warning("%d jobs' embeddings are gone: sending them back to the prior", len(lost))
+        back = [(j["job_id"], {}) for j in lost]
+        ctx.records.moves(campaign_id, back, JobState.QUEUED, (JobState.DECODING,))
+        _send(ctx, keys.PRIOR_TASK, campaign_id, lost)
+    return [(j, s) for j, s in chunk if j["job_id"] in embs]
 
 
 def split(items: list, most: int) -> list[list]:

@@ -128,10 +128,24 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def test_worker_killed_mid_decode_job_still_finishes_once(own_stack):
-    """SIGKILL the decoder's pool process mid-job: late ack + reject-on-worker-lost redeliver it."""
+def _kill_pool_while_decoding(handle, worker_pid: int, at_least: int) -> None:
+    """SIGKILL every pool process of a worker once ``at_least`` jobs of the campaign decode."""
     import os
     import signal
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if handle.status()["counts"]["decoding"] >= at_least:
+            break
+        time.sleep(0.02)
+    victims = _children(worker_pid)
+    assert victims, "the decoder worker has no pool process"
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_worker_killed_mid_decode_job_still_finishes_once(own_stack):
+    """SIGKILL the decoder's pool process mid-job: late ack + reject-on-worker-lost redeliver it."""
 
     settings, stack, token = own_stack
     from farm.stores.objects import ObjectStore
@@ -140,15 +154,7 @@ def test_worker_killed_mid_decode_job_still_finishes_once(own_stack):
     slow = {**SLOW, "num_inference_steps": 60, "height": 192, "width": 192}
     with Client(stack.read_state()["api_url"], token) as client:
         handle = client.submit_job({"prompt": "survive a crash", "seed": 11, **slow})
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if handle.status()["counts"]["decoding"] == 1:
-                break
-            time.sleep(0.02)
-        victims = _children(decoder.pid)
-        assert victims, "the decoder worker has no pool process"
-        for pid in victims:
-            os.kill(pid, signal.SIGKILL)
+        _kill_pool_while_decoding(handle, decoder.pid, at_least=1)
         status = handle.wait(timeout=120)
         assert status["counts"]["done"] == 1, status
         (job,) = handle.results()
@@ -168,8 +174,6 @@ def test_worker_killed_mid_decode_job_still_finishes_once(own_stack):
 def test_worker_killed_mid_batch_loses_no_job_and_duplicates_none(own_stack):
     """A batch message is acknowledged after all its jobs are stored: kill the decoder's pool
     processes while they render batches, and every job still ends done, each image once."""
-    import os
-    import signal
 
     settings, stack, token = own_stack
     from farm import keys
@@ -181,15 +185,7 @@ def test_worker_killed_mid_batch_loses_no_job_and_duplicates_none(own_stack):
         handle = client.submit_campaign(
             [{"prompt": f"batch crash {i}", "seed": 100 + i, **slow} for i in range(8)]
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if handle.status()["counts"]["decoding"] >= 2:
-                break
-            time.sleep(0.02)
-        victims = _children(decoder.pid)
-        assert victims, "the decoder worker has no pool process"
-        for pid in victims:
-            os.kill(pid, signal.SIGKILL)
+        _kill_pool_while_decoding(handle, decoder.pid, at_least=2)
         status = handle.wait(timeout=180)
         assert status["counts"]["done"] == 8, status
         jobs = list(handle.results())

@@ -317,7 +317,7 @@ def test_interleaved_families_on_one_resident_slot_load_at_most_four_times(tmp_p
         (mux,) = [w for w in status["workers"] if w["node"] == "mux@test"]
         assert mux["families"] == ["kandinsky-3", "sd-1.5"]
         assert 2 <= mux["loads"] <= 4, mux
-        assert 1 <= mux["switches"] <= 3, mux
+        assert mux["switches"] in (1, 2, 3), mux
         assert len(mux["resident_families"]) == 1 and len(mux["resident_parts"]) == 1
         assert set(mux["serves"]) == {"decoder.kandinsky-3", "decoder.sd-1.5", "finalize"}
     finally:

@@ -131,9 +131,6 @@ class Family:
         """The queue of this family's jobs for one stage (``decoder.kandinsky-3``)."""
         return f"{stage}.{self.name}"
 
-    def first_queue(self) -> str:
-        return self.queue(self.stages[0])
-
     def pipe(self, task: str, stage: str) -> Pipe:
         t = self.tasks[task]
         pipe = t.prior if stage == "prior" else t.decoder

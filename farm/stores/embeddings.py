@@ -46,12 +46,16 @@ class EmbeddingStore:
         self.ttl_s = ttl_s
 
     def put(self, job_id: str, emb: Embeddings) -> str:
-        key = keys.embeddings(job_id)
-        try:
-            self.client.set(key, emb.to_bytes(), ex=self.ttl_s)
-        except redis.RedisError as e:
-            raise ServiceUnavailable(f"redis: cannot store embeddings: {e}") from e
-        return key
+        """One job's embeddings; returns their key."""
+        self.put_many({job_id: emb})
+        return keys.embeddings(job_id)
+
+    def get(self, job_id: str) -> Embeddings | None:
+        """One job's embeddings, or None when they expired or were never written."""
+        return self.get_many([job_id])[0]
+
+    def delete(self, job_id: str) -> None:
+        self.delete_many([job_id])
 
     def put_many(self, items: dict[str, Embeddings]) -> None:
         """Several jobs' embeddings in one round trip."""
@@ -74,19 +78,6 @@ class EmbeddingStore:
     def delete_many(self, job_ids: list[str]) -> None:
         if job_ids:
             self.client.delete(*(keys.embeddings(j) for j in job_ids))
-
-    def get(self, job_id: str) -> Embeddings | None:
-        """The job's embeddings, or None when they expired or were never written."""
-        try:
-            data = self.client.get(keys.embeddings(job_id))
-        except redis.RedisError as e:
-            raise ServiceUnavailable(f"redis: cannot read embeddings: {e}") from e
-        return None if data is None else Embeddings.from_bytes(data)
-
-    def delete(self, job_id: str) -> None:
-        self.client.delete(keys.embeddings(job_id))
-
-    # -- the prior's results by what determines them --------------------------------------------
 
     def cached(self, specs) -> list[Embeddings | None]:
         """Earlier prior results for these specs (same family, prompts, seed, prior settings)."""

@@ -259,9 +259,6 @@ class RecordStore:
             raise ServiceUnavailable(f"redis: {e}") from e
         return [None if v is None else JobState(v.decode()) for v in raw]
 
-    def add_timing(self, job_id: str, name: str, seconds: float) -> None:
-        self.client.hset(keys.job(job_id), f"t_{name}", round(seconds, 6))
-
     # -- read ---------------------------------------------------------------------------------
 
     def state(self, job_id: str) -> JobState | None:
@@ -330,11 +327,3 @@ def _record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
         timings=timings,
         created_at=float(d["created_at"]) if d.get("created_at") else None,
     )
-
-
-def count_states(records: Iterable[JobRecord | None]) -> dict[str, int]:
-    counts = {s.value: 0 for s in JobState}
-    for r in records:
-        if r is not None:
-            counts[r.state.value] += 1
-    return counts

@@ -58,6 +58,26 @@ def pending(job_id: str) -> str:
     return f"{PREFIX}pending:{job_id}"
 
 
+def offer(message_id: str) -> str:
+    """String: an offered decoder message's payload (claimable by another decoder)."""
+    return f"{PREFIX}offer:{message_id}"
+
+
+def claimed(message_id: str) -> str:
+    """String: the id of the message whose decoder claimed this one."""
+    return f"{PREFIX}claimed:{message_id}"
+
+
+def claims(message_id: str) -> str:
+    """List: the payloads this message's decoder claimed from others (given back on redelivery)."""
+    return f"{PREFIX}claims:{message_id}"
+
+
+def open_messages(queue: str, digest: str) -> str:
+    """List: offered messages of one queue and batch key, oldest first."""
+    return f"{PREFIX}open:{queue}:{digest}"
+
+
 def campaign(campaign_id: str) -> str:
     """Hash: the campaign's tenant, size, times, cancel flag."""
     return f"{PREFIX}campaign:{campaign_id}"

@@ -87,7 +87,14 @@ class Settings(BaseSettings):
         8,
         ge=1,
         le=64,
-        description="Most compatible jobs of a campaign rendered in one pipeline call (1: none).",
+        description="Most compatible jobs rendered in one pipeline call (1: none).",
+    )
+    batch_wait_ms: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="Decoder: how long a render with room waits for compatible jobs of other "
+        "messages (any campaign) before it starts; 0: it takes those already queued and starts.",
     )
     torch_threads: int = Field(
         0,

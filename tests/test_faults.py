@@ -201,3 +201,36 @@ def test_worker_killed_mid_batch_loses_no_job_and_duplicates_none(own_stack):
     r = redis.Redis.from_url(settings.redis_url)
     attempts = [int(r.get(keys.attempts(j["job_id"], "decoder")) or 0) for j in jobs]
     assert max(attempts) == 2  # the killed batches were delivered again, once
+
+
+def test_lone_jobs_of_many_campaigns_render_together_and_survive_a_kill(own_stack):
+    """One-job campaigns sent while the decoders are busy are gathered into shared renders
+    (across campaigns); killing the decoder's pool mid-render loses none, duplicates none."""
+    settings, stack, token = own_stack
+    from farm import keys
+    from farm.stores.objects import ObjectStore
+
+    decoder = next(p for p in stack.procs() if p.name == "worker-decoder-1")
+    slow = {**SLOW, "num_inference_steps": 40}
+    with Client(stack.read_state()["api_url"], token) as client:
+        handles = [
+            client.submit_job({"prompt": f"lone {i}", "seed": 300 + i, **slow}) for i in range(10)
+        ]
+        _kill_pool_while_decoding(handles[-1], decoder.pid, at_least=1)
+        jobs = []
+        for handle in handles:
+            assert handle.wait(timeout=180)["counts"]["done"] == 1
+            jobs += list(handle.results())
+    shared = [j for j in jobs if j["timings"]["decoder_batch"] > 1]
+    assert shared, "no lone job was rendered with another campaign's job"
+    objects = ObjectStore.from_settings(settings)
+    r = redis.Redis.from_url(settings.redis_url)
+    for handle, job in zip(handles, jobs, strict=True):
+        pngs = [
+            k
+            for k in objects.list_keys(f"renders/carol/{handle.id}/")
+            if k.endswith(".png") and "contact" not in k
+        ]
+        assert pngs == [job["s3_key"]]  # its image, once
+    attempts = [int(r.get(keys.attempts(j["job_id"], "decoder")) or 0) for j in jobs]
+    assert max(attempts) == 2  # the killed renders were delivered again, once

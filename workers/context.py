@@ -168,6 +168,12 @@ class WorkerContext:
         return EmbeddingStore(self.redis, self.settings.embedding_ttl_s)
 
     @cached_property
+    def gathering(self):
+        from farm.stores.gather import Gathering
+
+        return Gathering(self.redis, self.settings.embedding_ttl_s)
+
+    @cached_property
     def records(self):
         from farm.stores.records import RecordStore
 

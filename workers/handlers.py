@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from farm import keys
 from farm.chains import release_children
+from farm.domain.batching import batch_key
 from farm.domain.jobs import JobSpec, JobState
 from farm.errors import PoisonJob, ServiceUnavailable
 from farm.families import get
@@ -30,6 +32,7 @@ from farm.stages import (
     run_prior_batch,
     run_single_batch,
 )
+from farm.stores.gather import offer_for
 from farm.stores.records import ACTIVE
 from workers.context import WorkerContext
 
@@ -97,15 +100,23 @@ def _waits(records, since: str) -> dict[str, float]:
 
 
 def _send(ctx: WorkerContext, task: str, campaign_id: str, jobs: list[dict]) -> None:
-    """The next hop of these jobs: one message, routed to their family's queue."""
+    """The next hop of these jobs: one message, routed to their family's queue; a decoder
+    message with room in its render is offered to other decoders first (``farm.stores.gather``)."""
+    message_id, payload = str(uuid.uuid4()), {"campaign_id": campaign_id, "jobs": jobs}
+    if task == keys.DECODER_TASK:
+        spec = JobSpec.model_validate(jobs[0]["spec"])
+        queue = get(spec.model).queue("decoder")
+        offer = offer_for(queue, spec, message_id, payload, ctx.settings.batch_max)
+        ctx.gathering.offer([offer] if offer else [])
     ctx.app.send_task(
         task,
-        kwargs={"campaign_id": campaign_id, "jobs": jobs},
+        kwargs=payload,
+        task_id=message_id,
         kwargsrepr=repr({"campaign_id": campaign_id, "jobs": [j["job_id"] for j in jobs]}),
     )
 
 
-def _per_job(ctx: WorkerContext, campaign_id: str, run, items: list):
+def _per_job(ctx: WorkerContext, run, items: list):
     """Run ``run`` on the whole batch; if that raises, on each item alone, so one bad job fails
     alone and its batch mates still render. Returns (item, result) pairs that succeeded."""
     try:
@@ -123,13 +134,14 @@ def _per_job(ctx: WorkerContext, campaign_id: str, run, items: list):
         except ServiceUnavailable:
             raise
         except Exception as e:  # this job's own failure, recorded on it
-            fail(ctx, item[0]["job_id"], campaign_id, e)
+            fail(ctx, item[0]["job_id"], item[0]["campaign_id"], e)
     return done
 
 
 def prior(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int) -> dict:
     """A message of compatible jobs through the prior (one call for plain prompts, earlier results
     reused), their embeddings stored, one decoder message for those still wanted."""
+    jobs = [{**job, "campaign_id": job.get("campaign_id") or campaign_id} for job in jobs]
     started = _started(
         ctx, campaign_id, jobs, "prior", JobState.PRIOR, (JobState.QUEUED, JobState.PRIOR), retries
     )
@@ -154,7 +166,7 @@ def prior(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int) 
             ctx.embeddings.cache([(spec, emb) for (_, spec), emb in zip(items, embs, strict=True)])
             return embs
 
-        made = {job["job_id"]: emb for (job, _), emb in _per_job(ctx, campaign_id, run, todo)}
+        made = {job["job_id"]: emb for (job, _), emb in _per_job(ctx, run, todo)}
         made |= {job["job_id"]: e for (job, _), e in zip(started, cached, strict=True) if e}
         results = [(item, made[item[0]["job_id"]]) for item in started if item[0]["job_id"] in made]
     else:
@@ -171,7 +183,7 @@ def prior(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int) 
                     out.append(run_prior(pipe, spec, images))
             return out
 
-        results = _per_job(ctx, campaign_id, run, started)
+        results = _per_job(ctx, run, started)
     each, end = (time.perf_counter() - t0) / len(started), time.time()
     done = [job for (job, _), _emb in results]
     ctx.embeddings.put_many({job["job_id"]: emb for (job, _), emb in results})
@@ -196,11 +208,72 @@ def prior(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int) 
     return {"jobs": [j["job_id"] for j in onward]}
 
 
-def decoder(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int) -> dict:
-    """A message of compatible jobs rendered ``batch_max`` at a time, each render's images
-    stored while the next one runs. A job moves to "decoding" only when its render starts, so a
-    cancel still stops the message's later jobs."""
+def decoder(
+    ctx: WorkerContext,
+    campaign_id: str,
+    jobs: list[dict],
+    retries: int,
+    message_id: str | None = None,
+) -> dict:
+    """A message of compatible jobs, with those it gathers from other queued messages (any
+    campaign's), rendered ``batch_max`` at a time, each render's images stored while the next
+    one runs. A job moves to "decoding" only when its render starts, so a cancel still stops
+    the message's later jobs."""
+    jobs = [{**job, "campaign_id": job.get("campaign_id") or campaign_id} for job in jobs]
     first = JobSpec.model_validate(jobs[0]["spec"])
+    taken = _gather(ctx, first, jobs, message_id)
+    if taken is None:
+        log.info("message %s was gathered into another decoder's batch", message_id)
+        return {"jobs": len(jobs), "skipped": True, "gathered": True}
+    try:
+        finished, complete = _decode(ctx, first, jobs + taken, retries)
+    except ServiceUnavailable:
+        raise  # retried: the same message id gathers the same jobs again
+    except BaseException as e:
+        # The task adapter fails this message's own jobs; the gathered ones are ours to fail.
+        for job in taken:
+            fail(ctx, job["job_id"], job["campaign_id"], e)
+        raise
+    for cid in complete:
+        ctx.app.send_task(keys.FINALIZE_TASK, kwargs={"campaign_id": cid})
+    if taken:
+        ctx.gathering.release(message_id)
+    return {"jobs": finished} if finished else {"jobs": len(jobs), "skipped": True}
+
+
+def _gather(ctx: WorkerContext, first: JobSpec, jobs: list[dict], message_id: str | None):
+    """Jobs of other offered messages that fill this message's last render (``gather``);
+    waits up to ``batch_wait_ms`` for more while it is not full. None: this message was
+    gathered by another decoder."""
+    room = -len(jobs) % ctx.settings.batch_max
+    key = batch_key(first)
+    if not message_id or key is None or not room:
+        return []
+    queue = get(first.model).queue("decoder")
+    deadline = time.monotonic() + ctx.settings.batch_wait_ms / 1000
+    while True:
+        payloads = ctx.gathering.gather(queue, key, message_id, room)
+        if payloads is None:
+            return None
+        taken = [
+            {**job, "campaign_id": job.get("campaign_id") or p["campaign_id"]}
+            for p in payloads
+            for job in p["jobs"]
+        ]
+        if len(taken) >= room or time.monotonic() >= deadline:
+            return taken
+        time.sleep(0.005)
+
+
+def _by_campaign(items: list, job=lambda item: item) -> dict[str, list]:
+    groups: dict[str, list] = {}
+    for item in items:
+        groups.setdefault(job(item)["campaign_id"], []).append(item)
+    return groups
+
+
+def _decode(ctx: WorkerContext, first: JobSpec, jobs: list[dict], retries: int):
+    """Render and store ``jobs``; returns the finished job ids and the campaigns they finished."""
     two_stage = get(first.model).two_stage
     # A single-stage job (Kandinsky 3) arrives here straight from the queue.
     allowed = (
@@ -221,19 +294,23 @@ def decoder(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int
         return run_single_batch(pipe, specs, images, pad=pad)
 
     finished: list[str] = []
-    complete = False
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    complete: set[str] = set()
+    with ThreadPoolExecutor(max_workers=8) as pool, ThreadPoolExecutor(max_workers=8) as puts:
         pending = None  # the previous render's stores, running while the next one renders
         for part in split(jobs, ctx.settings.batch_max):
-            chunk = _started(ctx, campaign_id, part, "decoder", JobState.DECODING, allowed, retries)
+            chunk = [
+                item
+                for cid, mine in _by_campaign(part).items()
+                for item in _started(ctx, cid, mine, "decoder", JobState.DECODING, allowed, retries)
+            ]
             if two_stage and chunk:
-                chunk = _with_embeddings(ctx, campaign_id, chunk, embs)
+                chunk = _with_embeddings(ctx, chunk, embs)
             if not chunk:
                 continue
             recs = {r.job_id: r for r in ctx.records.get_many([j["job_id"] for j, _ in chunk]) if r}
             waits = _waits(recs.values(), "prior_end_at" if two_stage else "created_at")
             t0 = time.perf_counter()
-            rendered = _per_job(ctx, campaign_id, run, chunk)
+            rendered = _per_job(ctx, run, chunk)
             each = (time.perf_counter() - t0) / len(chunk)
             timings = {
                 job["job_id"]: {
@@ -246,22 +323,20 @@ def decoder(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int
             # PNG encoding and uploads run in threads (zlib and sockets release the GIL) while
             # the next render starts; a job is done only once its objects exist.
             stores = [
-                pool.submit(_store, ctx, campaign_id, job, spec, pictures, recs, timings)
+                pool.submit(_store, ctx, job, spec, pictures, recs, timings, puts)
                 for (job, spec), pictures in rendered
             ]
             if pending is not None:
-                ids, done = _finish(ctx, campaign_id, *pending)
-                finished, complete = finished + ids, complete or done
+                ids, done = _finish(ctx, *pending)
+                finished, complete = finished + ids, complete | done
             pending = (stores, timings, recs)
         if pending is not None:
-            ids, done = _finish(ctx, campaign_id, *pending)
-            finished, complete = finished + ids, complete or done
-    if complete:
-        ctx.app.send_task(keys.FINALIZE_TASK, kwargs={"campaign_id": campaign_id})
-    return {"jobs": finished} if finished else {"jobs": len(jobs), "skipped": True}
+            ids, done = _finish(ctx, *pending)
+            finished, complete = finished + ids, complete | done
+    return finished, complete
 
 
-def _with_embeddings(ctx, campaign_id, chunk, embs: dict) -> list:
+def _with_embeddings(ctx, chunk, embs: dict) -> list:
     """The jobs whose embeddings are there (fetched into ``embs``); the others go back to the
     prior (expired, or Redis restarted): recomputed, never borrowed from another job."""
     got = ctx.embeddings.get_many([job["job_id"] for job, _ in chunk])
@@ -269,9 +344,10 @@ def _with_embeddings(ctx, campaign_id, chunk, embs: dict) -> list:
     lost = [job for job, _ in chunk if job["job_id"] not in embs]
     if lost:
         log.warning("%d jobs' embeddings are gone: sending them back to the prior", len(lost))
-        back = [(j["job_id"], {}) for j in lost]
-        ctx.records.moves(campaign_id, back, JobState.QUEUED, (JobState.DECODING,))
-        _send(ctx, keys.PRIOR_TASK, campaign_id, lost)
+        for cid, mine in _by_campaign(lost).items():
+            back = [(j["job_id"], {}) for j in mine]
+            ctx.records.moves(cid, back, JobState.QUEUED, (JobState.DECODING,))
+            _send(ctx, keys.PRIOR_TASK, cid, mine)
     return [(j, s) for j, s in chunk if j["job_id"] in embs]
 
 
@@ -282,55 +358,60 @@ def split(items: list, most: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _finish(ctx, campaign_id, stores, timings, recs) -> tuple[list[str], bool]:
-    """Wait for one render's stores, then mark its jobs done (one round trip) and release
-    what waits on them. Returns the jobs and whether one of them finished the campaign."""
+def _finish(ctx, stores, timings, recs) -> tuple[list[str], set[str]]:
+    """Wait for one render's stores, then mark its jobs done (one round trip per campaign) and
+    release what waits on them. Returns the jobs and the campaigns they finished."""
     t0 = time.perf_counter()
     stored = [f.result() for f in stores]
     waited, now = time.perf_counter() - t0, time.time()
-    for job_id, _ in stored:
+    for job, _ in stored:
         # The part of storing that the next render did not hide (waited for), per job.
-        timings[job_id]["store"] = waited / max(len(stored), 1)
-        rec = recs.get(job_id)
+        timings[job["job_id"]]["store"] = waited / max(len(stored), 1)
+        rec = recs.get(job["job_id"])
         if rec and rec.created_at:
-            timings[job_id]["latency"] = now - rec.created_at
-    moved = ctx.records.moves(
-        campaign_id,
-        [(job_id, {"s3_key": key}) for job_id, key in stored],
-        JobState.DONE,
-        (JobState.DECODING,),
-        timings=timings,
-    )
-    ctx.embeddings.delete_many([job_id for job_id, _ in stored])
-    for (job_id, _), (ok, _, _) in zip(stored, moved, strict=True):
-        if ok:
-            # Chained jobs waiting for this image run now, without the client in the loop.
-            release_children(ctx.redis, ctx.records, ctx.app, job_id, campaign_id, ok=True)
-    return [job_id for job_id, _ in stored], any(done for _, _, done in moved)
+            timings[job["job_id"]]["latency"] = now - rec.created_at
+    complete: set[str] = set()
+    for cid, mine in _by_campaign(stored, job=lambda item: item[0]).items():
+        moved = ctx.records.moves(
+            cid,
+            [(job["job_id"], {"s3_key": key}) for job, key in mine],
+            JobState.DONE,
+            (JobState.DECODING,),
+            timings={job["job_id"]: timings[job["job_id"]] for job, _ in mine},
+        )
+        for (job, _), (ok, _, done) in zip(mine, moved, strict=True):
+            if ok:
+                # Chained jobs waiting for this image run now, without the client in the loop.
+                release_children(ctx.redis, ctx.records, ctx.app, job["job_id"], cid, ok=True)
+            if done:
+                complete.add(cid)
+    ctx.embeddings.delete_many([job["job_id"] for job, _ in stored])
+    return [job["job_id"] for job, _ in stored], complete
 
 
 def _store(
     ctx: WorkerContext,
-    campaign_id: str,
     job: dict,
     spec: JobSpec,
     pictures: list,
     recs: dict,
     timings: dict[str, dict[str, float]],
+    puts: ThreadPoolExecutor,
 ) -> tuple[str, str]:
-    """One rendered job's PNGs (parameters in a text chunk) and result record to S3."""
-    job_id, key = job["job_id"], job["key"]
+    """One rendered job's PNGs (parameters in a text chunk) and result record to S3, the
+    uploads side by side (each is a round trip to S3; a lone job waits for all of them)."""
+    job_id, key, campaign_id = job["job_id"], job["key"], job["campaign_id"]
     t0 = time.perf_counter()
     targets = keys.image_keys(key, spec.num_images_per_prompt)
+    uploads = []
     for index, (target, picture) in enumerate(zip(targets, pictures, strict=True)):
         meta = {"job_id": job_id, "campaign_id": campaign_id, "index": index, **job["spec"]}
-        ctx.objects.put(
-            target,
-            png_bytes(picture, meta),
-            "image/png",
-            metadata={"job-id": job_id, "seed": str(spec.seed)},
-        )
-    timings[job_id]["upload"] = time.perf_counter() - t0
+        data = png_bytes(picture, meta)
+        headers = {"job-id": job_id, "seed": str(spec.seed)}
+        uploads.append(puts.submit(ctx.objects.put, target, data, "image/png", metadata=headers))
+    # The record uploads beside the images, so it holds the encoding time, not the upload's
+    # (the job record in Redis has both).
+    timings[job_id]["encode"] = time.perf_counter() - t0
     rec = recs.get(job_id)
     result = {
         "job_id": job_id,
@@ -343,10 +424,14 @@ def _store(
         "height": pictures[0].height,
         "timings": {**(rec.timings if rec else {}), **timings[job_id]},
     }
-    ctx.objects.put(
-        keys.record_object(key), json.dumps(result, ensure_ascii=False).encode(), "application/json"
+    record = json.dumps(result, ensure_ascii=False).encode()
+    uploads.append(
+        puts.submit(ctx.objects.put, keys.record_object(key), record, "application/json")
     )
-    return job_id, key
+    for upload in uploads:
+        upload.result()
+    timings[job_id]["upload"] = time.perf_counter() - t0
+    return job, key
 
 
 def finalize(ctx: WorkerContext, campaign_id: str, retries: int) -> dict:

@@ -59,7 +59,13 @@ def register(app: Celery) -> None:
 
     @app.task(name=keys.DECODER_TASK, bind=True, **RETRY)
     def decoder(self, campaign_id: str, jobs: list[dict] | None = None, **single) -> dict:
-        return _run(self, "decoder", campaign_id=campaign_id, jobs=_jobs({"jobs": jobs, **single}))
+        return _run(
+            self,
+            "decoder",
+            campaign_id=campaign_id,
+            jobs=_jobs({"jobs": jobs, **single}),
+            message_id=self.request.id,
+        )
 
     @app.task(name=keys.FINALIZE_TASK, bind=True, **RETRY)
     def finalize(self, campaign_id: str) -> dict:

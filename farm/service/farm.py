@@ -24,6 +24,7 @@ from farm.service.handle import Campaign
 from farm.service.submit import Submitting
 from farm.service.views import Views
 from farm.settings import Settings
+from farm.stores.gather import Gathering
 from farm.stores.objects import ObjectStore
 from farm.stores.records import RecordStore
 
@@ -52,10 +53,8 @@ class Farm(Submitting, Views, Control):
             from workers.app import create_app
 
             app = create_app(settings)
-            # One "task-sent" event per job is a Redis PUBLISH outside the publish pipeline: it
-            # halves bulk submission speed. Flower still sees each task from the workers' events.
-            app.conf.task_send_sent_event = False
         self.app = app
+        self.gathering = Gathering(self.redis, settings.embedding_ttl_s)
 
     # -- submit -------------------------------------------------------------------------------
 

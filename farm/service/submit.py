@@ -17,6 +17,7 @@ from farm.domain.jobs import JobSpec, new_id
 from farm.domain.validation import check_enabled, check_inputs
 from farm.errors import Conflict, ServiceUnavailable
 from farm.families import get
+from farm.stores.gather import offer_for
 
 
 def repr_jobs(campaign_id: str, jobs: list[dict]) -> str:
@@ -212,16 +213,35 @@ class Submitting:
         call renders a message's jobs together), pipelined: one Redis round trip per 1,000."""
         try:
             with self.app.producer_or_acquire() as producer:
+                groups = self._batches(pairs)
                 # Declared on every submission, not once per connection: after a Redis restart
-                # without data the routing tables are gone and messages would be dropped.
-                for queue in self.app.amqp.queues.values():
-                    queue.bind(producer.channel).declare()
+                # without data the routing tables are gone and messages would be dropped. Only
+                # the queues this submission uses: each declare is a round trip.
+                used = {
+                    fleet.job_queue(fleet.first_task(g[0][1].model), g[0][1].model) for g in groups
+                }
+                for name in sorted(used):
+                    self.app.amqp.queues[name].bind(producer.channel).declare()
+                messages, offers = [], []
+                for group in groups:
+                    spec, message_id = group[0][1], new_id()
+                    jobs = [self._message(j, campaign_id, tenant, s, ids) for j, s in group]
+                    payload = {"campaign_id": campaign_id, "jobs": jobs}
+                    task = fleet.first_task(spec.model)
+                    if task == keys.DECODER_TASK:  # single stage: offered to other decoders
+                        queue = get(spec.model).queue("decoder")
+                        offers.append(
+                            offer_for(queue, spec, message_id, payload, self.settings.batch_max)
+                        )
+                    messages.append((task, message_id, payload))
+                self.gathering.offer([o for o in offers if o])
                 with producer.batch(max_size=1000):
-                    for group in self._batches(pairs):
-                        jobs = [self._message(j, campaign_id, tenant, s, ids) for j, s in group]
+                    for task, message_id, payload in messages:
+                        jobs = payload["jobs"]
                         self.app.send_task(
-                            fleet.first_task(group[0][1].model),
-                            kwargs={"campaign_id": campaign_id, "jobs": jobs},
+                            task,
+                            kwargs=payload,
+                            task_id=message_id,
                             producer=producer,
                             declare=[],  # declared above, once; per message it is a round trip
                             # The job records are the results; a result subscription per

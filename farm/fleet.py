@@ -16,6 +16,32 @@ from farm import keys
 from farm.families import DEFAULT_FAMILY, REGISTRY, get
 
 FINALIZE_QUEUE = "finalize"
+
+# Campaign priorities as broker priorities. The Redis transport keeps one list per step
+# (``queue``, ``queue<SEP>3`` ...) and pops the lowest step first, over every queue a worker
+# consumes: a high campaign's messages go before normal ones already queued; nothing running is
+# preempted. Unmarked messages (finalize, re-sends) are normal.
+PRIORITY_STEPS = [0, 3, 6, 9]
+PRIORITY_SEP = "\x06\x16"
+PRIORITY = {"high": 0, "normal": 3, "low": 6}
+
+
+def priority_lists(queue: str) -> list[str]:
+    """The Redis lists that hold a queue's messages, one per priority step."""
+    return [queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS]
+
+
+def depths(client, queues: list[str]) -> list[int]:
+    """Messages waiting in each queue, over its priority lists (one round trip)."""
+    pipe = client.pipeline(transaction=False)
+    for q in queues:
+        for name in priority_lists(q):
+            pipe.llen(name)
+    counts = pipe.execute()
+    n = len(PRIORITY_STEPS)
+    return [sum(counts[i * n : (i + 1) * n]) for i in range(len(queues))]
+
+
 HEARTBEAT_S = 5.0
 HEARTBEAT_TTL_S = 20
 
@@ -143,10 +169,7 @@ def fleet(client, families) -> dict:
     """Every queue of the enabled families with its depth and consumers, and every live worker."""
     workers = live_workers(client)
     names = all_queues(families)
-    pipe = client.pipeline(transaction=False)
-    for q in names:
-        pipe.llen(q)
-    depths = pipe.execute()
+    waiting = depths(client, names)
     return {
         "queues": [
             {
@@ -154,7 +177,7 @@ def fleet(client, families) -> dict:
                 "depth": int(depth),
                 "workers": [w["node"] for w in workers if q in w["serves"]],
             }
-            for q, depth in zip(names, depths, strict=True)
+            for q, depth in zip(names, waiting, strict=True)
         ],
         "workers": workers,
     }

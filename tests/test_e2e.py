@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from farm import keys
+from farm import fleet, keys
 from farm.domain.jobs import JobState
 from farm.errors import InvalidJob
 
@@ -105,13 +105,31 @@ def test_different_seeds_give_different_pictures(farm, object_store):
 
 
 def test_bad_job_refused_before_anything_is_enqueued(farm, redis_client):
-    before_queue = redis_client.llen(K22_PRIOR_QUEUE)
+    before_queue = fleet.depths(redis_client, [K22_PRIOR_QUEUE])
     before_jobs = len(redis_client.keys(keys.job("*")))
     with pytest.raises(InvalidJob) as exc:
         farm.submit([{"prompt": "fine", **FAST}, {"prompt": "bad", "height": 100}])
     assert exc.value.field == "height" and exc.value.index == 1
-    assert redis_client.llen(K22_PRIOR_QUEUE) == before_queue
+    assert fleet.depths(redis_client, [K22_PRIOR_QUEUE]) == before_queue
     assert len(redis_client.keys(keys.job("*"))) == before_jobs
+
+
+def test_a_high_campaign_overtakes_the_same_tenants_normal_one(farm):
+    """Submitted after a normal campaign, a high one goes before its queued messages."""
+    job = {"height": 128, "width": 128, "num_inference_steps": 8, "prior_num_inference_steps": 2}
+    normal = farm.submit_campaign(
+        {"jobs": [{"prompt": f"normal {i}", "seed": i, **job} for i in range(64)]}
+    )
+    high = farm.submit_campaign(
+        {"jobs": [{"prompt": "urgent", "seed": 1, **job}], "priority": "high"}
+    )
+    assert farm.status(high.campaign_id)["priority"] == "high"
+    first = farm.campaign(high.campaign_id).wait(timeout=120)
+    assert first[0].state.value == "done"
+    status = farm.status(normal.campaign_id)
+    # The high job finished while most of the normal campaign still waited.
+    assert status["counts"]["done"] < 32, status["counts"]
+    farm.campaign(normal.campaign_id).wait(timeout=300)
 
 
 def test_lost_embeddings_are_recomputed(farm, redis_client, stack):

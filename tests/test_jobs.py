@@ -290,3 +290,23 @@ def test_defaults_match_each_pipelines_own_signature():
             for name in ("guidance_scale", "num_inference_steps", "strength", "height", "width"):
                 if name in params and params[name].default is not None:
                     assert getattr(spec, name) == params[name].default, (model, task, name)
+
+
+def test_a_huge_grid_is_refused_before_anything_is_built():
+    """Ten million jobs from three short lists: refused from their lengths, at once."""
+    import resource
+    import time
+
+    body = {
+        "grid": {
+            "prompts": [f"p{i}" for i in range(10)],
+            "params": {"guidance_scale": list(range(1000)), "strength": list(range(1000))},
+        }
+    }
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    with pytest.raises(InvalidJob) as e:
+        CampaignSpec.parse(body).expand()
+    assert time.perf_counter() - t0 < 1.0
+    assert e.value.field == "grid" and "10000000 jobs" in e.value.reason
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB

@@ -16,7 +16,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from farm import keys
+from farm import fleet, keys
 from farm.chains import release_children
 from farm.domain.batching import batch_key
 from farm.domain.jobs import JobSpec, JobState
@@ -112,6 +112,7 @@ def _send(ctx: WorkerContext, task: str, campaign_id: str, jobs: list[dict]) -> 
         task,
         kwargs=payload,
         task_id=message_id,
+        priority=fleet.PRIORITY.get(jobs[0].get("priority", "normal"), fleet.PRIORITY["normal"]),
         kwargsrepr=repr({"campaign_id": campaign_id, "jobs": [j["job_id"] for j in jobs]}),
     )
 

@@ -137,7 +137,8 @@ class Placement(bootsteps.StartStopStep):
         from celery.worker import state
 
         try:
-            depth = {f: int(self.redis.llen(plan.queue(f))) for f in plan.families}
+            counts = fleet.depths(self.redis, [plan.queue(f) for f in plan.families])
+            depth = dict(zip(plan.families, counts, strict=True))
         except Exception:  # Redis away: keep what we consume
             return
         for family in [f for f in self.current if depth[f]]:

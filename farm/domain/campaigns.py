@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -41,6 +41,9 @@ class CampaignSpec(BaseModel):
     jobs: list[dict[str, Any]] | None = None
     grid: Grid | None = None
     defaults: dict[str, Any] = Field(default_factory=dict)
+    # Orders feeding against the tenant's other campaigns (and everyone's) in the same queues;
+    # a running job is never preempted.
+    priority: Literal["high", "normal", "low"] = "normal"
 
     @classmethod
     def parse(cls, data: Any) -> CampaignSpec:
@@ -55,7 +58,7 @@ class CampaignSpec(BaseModel):
             name = field_path(err["loc"]) or "campaign"
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
-                msg = "unknown field (allowed: name, jobs, grid, defaults)"
+                msg = "unknown field (allowed: name, jobs, grid, defaults, priority)"
             raise InvalidJob(name, msg) from None
 
     def expand(self) -> list[JobSpec]:
@@ -98,16 +101,21 @@ class CampaignSpec(BaseModel):
         if isinstance(grid.seeds, int):
             if not 1 <= grid.seeds <= MAX_JOBS:
                 raise InvalidJob("grid.seeds", f"a count must be between 1 and {MAX_JOBS}")
+        elif not grid.seeds:
+            raise InvalidJob("grid.seeds", "must hold at least one seed")
+        # The size from the lists' lengths, before anything is built: a grid of ten million
+        # is refused at once, with no memory spent on its product.
+        total = len(grid.prompts) * _seed_count(grid)
+        for values in grid.params.values():
+            total *= len(values)
+        if total > MAX_JOBS:
+            raise InvalidJob("grid", f"expands to {total} jobs; at most {MAX_JOBS} per campaign")
+        if isinstance(grid.seeds, int):
             seeds = [secrets.randbelow(2**32) for _ in range(grid.seeds)]
         else:
-            if not grid.seeds:
-                raise InvalidJob("grid.seeds", "must hold at least one seed")
             seeds = grid.seeds
         names = list(grid.params)
         combos = list(itertools.product(*(grid.params[n] for n in names)))
-        total = len(grid.prompts) * len(combos) * len(seeds)
-        if total > MAX_JOBS:
-            raise InvalidJob("grid", f"expands to {total} jobs; at most {MAX_JOBS} per campaign")
         specs: list[JobSpec] = []
         for prompt in grid.prompts:
             for combo in combos:
@@ -123,6 +131,10 @@ class CampaignSpec(BaseModel):
                     except InvalidJob as e:
                         raise InvalidJob(_grid_origin(e.field, names), e.reason) from None
         return specs
+
+
+def _seed_count(grid: Grid) -> int:
+    return grid.seeds if isinstance(grid.seeds, int) else len(grid.seeds)
 
 
 def _grid_origin(field: str, param_names: list[str]) -> str:

@@ -72,6 +72,7 @@ class Control:
                 [(j, s) for j, s, _ in jobs],
                 prefix=prefix,
                 name=manifest.get("name"),
+                priority=manifest.get("spec", {}).get("priority") or "normal",
                 states=dict.fromkeys(done_ids, JobState.DONE),
             )
             requeue = missing
@@ -94,8 +95,13 @@ class Control:
         pipe.execute()
         recs = self.records.get_many(job_ids)
         ids = self.records.campaign_job_ids(campaign_id)
+        info = self.records.campaign(campaign_id) or {}
         self._schedule(
-            campaign_id, tenant, [(r.job_id, r.spec) for r in recs if r is not None], ids
+            campaign_id,
+            tenant,
+            [(r.job_id, r.spec) for r in recs if r is not None],
+            ids,
+            info.get("priority") or "normal",
         )
 
     def _finalize_if_complete(self, campaign_id: str) -> None:

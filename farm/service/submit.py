@@ -137,8 +137,15 @@ class Submitting:
             json.dumps(manifest, ensure_ascii=False).encode(),
             "application/json",
         )
-        self.records.create_campaign(campaign_id, tenant, pairs, prefix=prefix, name=campaign.name)
-        self._schedule(campaign_id, tenant, pairs, [j for j, _ in pairs])
+        self.records.create_campaign(
+            campaign_id,
+            tenant,
+            pairs,
+            prefix=prefix,
+            name=campaign.name,
+            priority=campaign.priority,
+        )
+        self._schedule(campaign_id, tenant, pairs, [j for j, _ in pairs], campaign.priority)
 
     def _message(
         self,
@@ -147,29 +154,39 @@ class Submitting:
         tenant: str,
         spec: JobSpec,
         ids: list[str] | None = None,
+        priority: str = "normal",
     ) -> dict:
-        """One job of a message: its id, spec, where its image goes and where its inputs are."""
+        """One job of a message: its id, spec, where its image goes and where its inputs are
+        (and its campaign's priority, which the prior gives the decoder message it sends)."""
         prefix = self.settings.s3_prefix
         inputs = {ref: keys.input_object(prefix, tenant, ref) for ref in spec.input_refs()}
         parents = spec.parent_indexes()
         for n, rec in zip(parents, self.records.get_many([ids[n] for n in parents]), strict=True):
             # A chained job reads the first image of the job it names.
             inputs[f"job:{n}"] = rec.s3_keys[0]
-        return {
+        job = {
             "job_id": job_id,
             "spec": spec.to_dict(),
             "key": keys.image_object(prefix, tenant, campaign_id, job_id),
             "inputs": inputs,
         }
+        if priority != "normal":
+            job["priority"] = priority
+        return job
 
     def _schedule(
-        self, campaign_id: str, tenant: str, jobs: list[tuple[str, JobSpec]], ids: list[str]
+        self,
+        campaign_id: str,
+        tenant: str,
+        jobs: list[tuple[str, JobSpec]],
+        ids: list[str],
+        priority: str = "normal",
     ) -> None:
         """Enqueue the jobs that can run now; hold chained jobs until the jobs they read are done."""
         ready, held = [], []
         for job_id, spec in jobs:
             (held if spec.parent_indexes() else ready).append((job_id, spec))
-        self._enqueue(campaign_id, tenant, ready, ids)
+        self._enqueue(campaign_id, tenant, ready, ids, priority)
         if not held:
             return
         pipe = self.redis.pipeline(transaction=False)
@@ -179,7 +196,7 @@ class Submitting:
                 "task": fleet.first_task(spec.model),
                 "kwargs": {
                     "campaign_id": campaign_id,
-                    "jobs": [self._message(job_id, campaign_id, tenant, spec, ids)],
+                    "jobs": [self._message(job_id, campaign_id, tenant, spec, ids, priority)],
                 },
                 "parents": parents,
             }
@@ -207,7 +224,12 @@ class Submitting:
         return out
 
     def _enqueue(
-        self, campaign_id: str, tenant: str, pairs: list[tuple[str, JobSpec]], ids: list[str]
+        self,
+        campaign_id: str,
+        tenant: str,
+        pairs: list[tuple[str, JobSpec]],
+        ids: list[str],
+        priority: str = "normal",
     ) -> None:
         """Publish the jobs as messages of up to ``batch_max`` compatible jobs each (one pipeline
         call renders a message's jobs together), pipelined: one Redis round trip per 1,000."""
@@ -225,7 +247,9 @@ class Submitting:
                 messages, offers = [], []
                 for group in groups:
                     spec, message_id = group[0][1], new_id()
-                    jobs = [self._message(j, campaign_id, tenant, s, ids) for j, s in group]
+                    jobs = [
+                        self._message(j, campaign_id, tenant, s, ids, priority) for j, s in group
+                    ]
                     payload = {"campaign_id": campaign_id, "jobs": jobs}
                     task = fleet.first_task(spec.model)
                     if task == keys.DECODER_TASK:  # single stage: offered to other decoders
@@ -242,6 +266,7 @@ class Submitting:
                             task,
                             kwargs=payload,
                             task_id=message_id,
+                            priority=fleet.PRIORITY[priority],
                             producer=producer,
                             declare=[],  # declared above, once; per message it is a round trip
                             # The job records are the results; a result subscription per

@@ -57,6 +57,7 @@ class Views:
         return {
             "id": campaign_id,
             "name": info.get("name") or None,
+            "priority": info.get("priority") or "normal",
             "state": state,
             "waiting_reason": "; ".join(reasons) or None,
             "total": total,

@@ -76,6 +76,7 @@ class RecordStore:
         *,
         prefix: str,
         name: str | None = None,
+        priority: str = "normal",
         total: int | None = None,
         states: dict[str, JobState] | None = None,
     ) -> None:
@@ -87,7 +88,13 @@ class RecordStore:
             pipe = self.client.pipeline(transaction=False)
             pipe.hset(
                 ckey,
-                mapping={"tenant": tenant, "total": total, "created_at": now, "name": name or ""},
+                mapping={
+                    "tenant": tenant,
+                    "total": total,
+                    "created_at": now,
+                    "name": name or "",
+                    "priority": priority,
+                },
             )
             pipe.hset(counts, mapping={s.value: 0 for s in JobState})
             pipe.zadd(keys.tenant_campaigns(tenant), {campaign_id: now})

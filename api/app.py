@@ -144,6 +144,12 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
         resident parts, memory)."""
         return get_farm().fleet()
 
+    @app.get("/v1/usage")
+    def usage(tenant: Tenant) -> dict:
+        """What the tenant's campaigns used: images, compute seconds per stage and family, and
+        the estimated cost (FARM_PRICE_CPU_HOUR / FARM_PRICE_GPU_HOUR)."""
+        return get_farm().usage(tenant=tenant)
+
     @app.get("/v1/models")
     def models(tenant: Tenant) -> dict:
         """The families this farm accepts, with their tasks, stages and limits."""

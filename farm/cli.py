@@ -163,7 +163,31 @@ def cmd_watch(settings: Settings, args) -> int:
     with _client(settings) as client:
         status = client.campaign(args.id).wait(progress=True, poll_s=args.interval)
     print(json.dumps(status, indent=2))
+    print(usage_line(status["usage"]), file=sys.stderr)  # stdout stays one JSON document
     return 0 if status["counts"]["failed"] == 0 else 1
+
+
+def usage_line(u: dict) -> str:
+    """One line: images, compute seconds by stage, and the cost when prices are set."""
+    stages = ", ".join(
+        f"{stage} {sum(per.values()):.1f} s" for stage, per in sorted(u["compute_s"].items())
+    )
+    cost = f"; estimated cost {u['cost']:.4f} {u['currency']}" if u.get("cost") is not None else ""
+    return f"usage: {u['images']} images; compute {stages or '0 s'}{cost}"
+
+
+def cmd_usage(settings: Settings, args) -> int:
+    with _client(settings) as client:
+        u = client.usage()
+    if args.json:
+        print(json.dumps(u, indent=2))
+        return 0
+    print(f"tenant {u['tenant']}, {u['campaigns']} campaigns")
+    print(usage_line(u))
+    for stage, per in sorted(u["compute_s"].items()):
+        for family, seconds in sorted(per.items()):
+            print(f"  {stage:8} {family:24} {seconds:10.1f} s")
+    return 0
 
 
 def cmd_ls(settings: Settings, args) -> int:
@@ -358,6 +382,8 @@ def parser() -> argparse.ArgumentParser:
     w = sub.add_parser("watch", help="live progress of a campaign")
     w.add_argument("id")
     w.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    us = sub.add_parser("usage", help="what your campaigns used: images, compute, cost")
+    us.add_argument("--json", action="store_true")
     ls = sub.add_parser("ls", help="your campaigns, newest first")
     ls.add_argument("--limit", type=int, default=50)
     ls.add_argument("--json", action="store_true")
@@ -411,6 +437,7 @@ COMMANDS = {
     "submit": cmd_submit,
     "watch": cmd_watch,
     "ls": cmd_ls,
+    "usage": cmd_usage,
     "results": cmd_results,
     "cancel": cmd_cancel,
     "resume": cmd_resume,

@@ -98,12 +98,16 @@ class Client:
         grid: dict | None = None,
         defaults: dict | None = None,
         name: str | None = None,
+        priority: str | None = None,
         idempotency_key: str | None = None,
     ) -> CampaignHandle:
-        """Submit a list of jobs or a grid. Seeds left unset are drawn server-side and recorded."""
+        """Submit a list of jobs or a grid. Seeds left unset are drawn server-side and recorded.
+        ``priority`` (high, normal, low) orders it against your other campaigns in the queues."""
         body: dict[str, Any] = {"defaults": defaults or {}}
         if name:
             body["name"] = name
+        if priority:
+            body["priority"] = priority
         if jobs is not None:
             body["jobs"] = jobs
         if grid is not None:
@@ -150,6 +154,10 @@ class Client:
     def fleet(self) -> dict:
         """Every queue (depth, the workers serving it) and every live worker."""
         return self.request("GET", "/v1/fleet")
+
+    def usage(self) -> dict:
+        """What this tenant's campaigns used: images, compute seconds, estimated cost."""
+        return self.request("GET", "/v1/usage")
 
     def campaigns(self, limit: int = 100) -> list[dict]:
         return self.request("GET", "/v1/campaigns", params={"limit": limit})

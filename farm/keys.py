@@ -83,6 +83,11 @@ def campaign(campaign_id: str) -> str:
     return f"{PREFIX}campaign:{campaign_id}"
 
 
+def campaign_usage(campaign_id: str) -> str:
+    """Hash: ``images`` and compute seconds per ``<stage>.<family>.<cpu|gpu>``."""
+    return f"{PREFIX}campaign:{campaign_id}:usage"
+
+
 def campaign_counts(campaign_id: str) -> str:
     """Hash: jobs per state, kept by the same script that moves a job between states."""
     return f"{PREFIX}campaign:{campaign_id}:counts"

@@ -120,6 +120,18 @@ class Settings(BaseSettings):
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="Torch dtype the pipelines are loaded in."
     )
+    price_cpu_hour: float = Field(
+        0.0,
+        ge=0,
+        description="Price of one hour of a CPU worker's compute, for cost estimates "
+        "(status, usage); 0: no cost shown.",
+    )
+    price_gpu_hour: float = Field(
+        0.0,
+        ge=0,
+        description="Price of one hour of a GPU worker's compute, for cost estimates.",
+    )
+    currency: str = Field("USD", max_length=8, description="Currency of the prices above.")
     embedding_ttl_s: int = Field(
         86_400, gt=0, description="Seconds the prior's embeddings live in Redis."
     )

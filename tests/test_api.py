@@ -42,6 +42,12 @@ def test_grid_campaign_end_to_end_over_http(alice, object_store):
     assert status["counts"]["done"] == 8 and status["state"] == "finished"
     assert status["images_per_second"] > 0 and status["eta_s"] == 0
     assert status["started_at"] <= status["finished_at"]
+    # What it used: every image, compute seconds per stage of its family, no price set.
+    used = status["usage"]
+    assert used["images"] == 8 and used["cost"] is None
+    assert used["compute_s"]["prior"]["kandinsky-2.2"] > 0
+    assert used["compute_s"]["decoder"]["kandinsky-2.2"] > 0
+    assert alice.usage()["images"] >= 8
     # Paged results: walk the cursor 3 at a time.
     pages, cursor = [], None
     while True:

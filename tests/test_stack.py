@@ -126,6 +126,9 @@ def test_cli_campaign_commands(stack, api_url, tokens, tmp_path):
         watch.returncode == 0
         and json.loads(watch.stdout[watch.stdout.index("{") :])["counts"]["done"] == 4
     )
+    assert "usage: 4 images; compute decoder" in watch.stderr
+    usage = _farm("usage", "--json", env=env)
+    assert json.loads(usage.stdout)["images"] >= 4
     ls = _farm("ls", env=env)
     assert cid in ls.stdout and "cli-grid" in ls.stdout
     lines = _farm("results", cid, env=env).stdout.splitlines()

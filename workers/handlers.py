@@ -20,6 +20,7 @@ from farm import fleet, keys
 from farm.chains import release_children
 from farm.domain.batching import batch_key
 from farm.domain.jobs import JobSpec, JobState
+from farm.domain.usage import usage_field
 from farm.errors import PoisonJob, ServiceUnavailable
 from farm.families import get
 from farm.stages import (
@@ -198,7 +199,8 @@ def prior(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int) 
         }
         for job in done
     }
-    ctx.records.moves(campaign_id, [], JobState.PRIOR, (), timings=timings)
+    spent = {usage_field("prior", first.model, ctx.settings.device): each * len(started)}
+    ctx.records.moves(campaign_id, [], JobState.PRIOR, (), timings=timings, usage=spent)
     # Cancelled while the prior ran: enqueue nothing new for it. (Were the cancel to land after
     # this check, the decoder's own move out of "prior" would refuse the job.)
     states = ctx.records.states([job["job_id"] for job in done])
@@ -373,12 +375,20 @@ def _finish(ctx, stores, timings, recs) -> tuple[list[str], set[str]]:
             timings[job["job_id"]]["latency"] = now - rec.created_at
     complete: set[str] = set()
     for cid, mine in _by_campaign(stored, job=lambda item: item[0]).items():
+        family = JobSpec.model_validate(mine[0][0]["spec"]).model
+        spent = {
+            "images": float(sum(job["spec"].get("num_images_per_prompt") or 1 for job, _ in mine)),
+            usage_field("decoder", family, ctx.settings.device): sum(
+                timings[job["job_id"]]["decode"] for job, _ in mine
+            ),
+        }
         moved = ctx.records.moves(
             cid,
             [(job["job_id"], {"s3_key": key}) for job, key in mine],
             JobState.DONE,
             (JobState.DECODING,),
             timings={job["job_id"]: timings[job["job_id"]] for job, _ in mine},
+            usage=spent,
         )
         for (job, _), (ok, _, done) in zip(mine, moved, strict=True):
             if ok:

@@ -67,7 +67,19 @@ class Views:
             "created_at": float(info["created_at"]),
             "started_at": started,
             "finished_at": finished,
+            "usage": self._usage([campaign_id]),
         }
+
+    def _usage(self, campaign_ids: list[str]) -> dict:
+        from farm.domain.usage import summary
+
+        prices = {"cpu": self.settings.price_cpu_hour, "gpu": self.settings.price_gpu_hour}
+        return summary(self.records.usage(campaign_ids), prices, self.settings.currency)
+
+    def usage(self, *, tenant: str = keys.DEFAULT_TENANT, limit: int = 10_000) -> dict:
+        """What a tenant's campaigns used: images, compute seconds per stage and family, cost."""
+        ids = self.records.tenant_campaigns(tenant, limit=limit)
+        return {"tenant": tenant, "campaigns": len(ids), **self._usage(ids)}
 
     def list_campaigns(self, *, tenant: str = keys.DEFAULT_TENANT, limit: int = 100) -> list[dict]:
         out = []

@@ -210,12 +210,14 @@ class RecordStore:
         allowed: Iterable[JobState],
         *,
         timings: dict[str, dict[str, float]] | None = None,
+        usage: dict[str, float] | None = None,
     ) -> list[tuple[bool, JobState | None, bool]]:
         """Several jobs' moves (each with its own fields) and timings in one round trip.
 
         Args:
             moves: (job id, fields to set with the move) pairs.
             timings: job id -> timings to record, before the moves.
+            usage: amounts to add to the campaign's usage (images, compute seconds).
 
         Returns:
             (moved, the state it was in, whether this move finished the campaign) per job.
@@ -230,6 +232,10 @@ class RecordStore:
                         keys.job(job_id),
                         mapping={f"t_{k}": round(v, 6) for k, v in values.items()},
                     )
+            if usage:
+                for name, amount in usage.items():
+                    pipe.hincrbyfloat(keys.campaign_usage(campaign_id), name, amount)
+                pipe.expire(keys.campaign_usage(campaign_id), self.ttl_s)
             for job_id, fields in moves:
                 argv: list = [to.value, now, allowed_s]
                 for name, value in fields.items():
@@ -308,6 +314,17 @@ class RecordStore:
             k.decode(): int(v) for k, v in counts.items()
         }
         return info
+
+    def usage(self, campaign_ids: list[str]) -> list[dict[str, float]]:
+        """Each campaign's usage hash (images, compute seconds per stage/family/device)."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for cid in campaign_ids:
+                pipe.hgetall(keys.campaign_usage(cid))
+            raw = pipe.execute()
+        except redis.RedisError as e:
+            raise ServiceUnavailable(f"redis: cannot read usage: {e}") from e
+        return [{k.decode(): float(v) for k, v in r.items()} for r in raw]
 
     def campaign_job_ids(self, campaign_id: str, start: int = 0, stop: int = -1) -> list[str]:
         try:

@@ -71,6 +71,12 @@ class Conflict(FarmError):
     http_status = 409
 
 
+class QuotaExceeded(FarmError):
+    """Raised when a submission would take a tenant past its queued-jobs quota."""
+
+    http_status = 429
+
+
 class ServiceUnavailable(FarmError):
     """Raised when Redis or S3 cannot be reached; the operation may succeed later."""
 

@@ -5,47 +5,56 @@ from __future__ import annotations
 import io
 import json
 import math
+import tempfile
 
 from farm import keys
 from farm.domain.jobs import JobState
+from farm.domain.manifest import JobIds
 from farm.errors import NotFound
 from farm.stores.objects import ObjectStore
 from farm.stores.records import RecordStore
 
 SHEET_MAX = 64  # images on a campaign's contact sheet
 SHEET_THUMB = 128
+PAGE = 1000  # records read per round trip
 
 
 def finalize(records: RecordStore, objects: ObjectStore, prefix: str, campaign_id: str) -> dict:
-    """Write a finished campaign's results manifest (JSONL) and contact sheet to S3."""
+    """Write a finished campaign's results (JSON lines) and contact sheet to S3, a page of
+    records at a time (a million-job campaign is never held whole), and drop its marker."""
     info = records.campaign(campaign_id)
     if info is None:
         raise NotFound(f"unknown campaign {campaign_id}")
-    tenant = info["tenant"]
-    recs = [r for r in records.get_many(records.campaign_job_ids(campaign_id)) if r]
-    lines = [
-        json.dumps(
-            {
-                "job_id": r.job_id,
-                "state": r.state.value,
-                "spec": r.spec.to_dict(),
-                "seed": r.seed,
-                "s3_key": r.s3_key if r.state == JobState.DONE else None,
-                "s3_keys": r.s3_keys if r.state == JobState.DONE else [],
-                "timings": r.timings,
-                "error": r.error,
-            },
-            ensure_ascii=False,
-        )
-        for r in recs
-    ]
-    results_key = keys.results_object(prefix, tenant, campaign_id)
-    objects.put(results_key, ("\n".join(lines) + "\n").encode(), "application/x-ndjson")
-    done = [k for r in recs if r.state == JobState.DONE for k in r.s3_keys][:SHEET_MAX]
+    tenant, total = info["tenant"], int(info["total"])
+    ids = JobIds(campaign_id, total)
+    sheet: list[str] = []
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".jsonl") as out:
+        for start in range(0, total, PAGE):
+            for r in records.get_many(ids[start : start + PAGE]):
+                if r is None:
+                    continue
+                done = r.state == JobState.DONE
+                line = {
+                    "job_id": r.job_id,
+                    "state": r.state.value,
+                    "spec": r.spec.to_dict(),
+                    "seed": r.seed,
+                    "s3_key": r.s3_key if done else None,
+                    "s3_keys": r.s3_keys if done else [],
+                    "timings": r.timings,
+                    "error": r.error,
+                }
+                out.write(json.dumps(line, ensure_ascii=False) + "\n")
+                if done and len(sheet) < SHEET_MAX:
+                    sheet += r.s3_keys[: SHEET_MAX - len(sheet)]
+        out.flush()
+        results_key = keys.results_object(prefix, tenant, campaign_id)
+        objects.put_file(results_key, out.name, "application/x-ndjson")
     sheet_key = None
-    if done:
+    if sheet:
         sheet_key = keys.contact_sheet_object(prefix, tenant, campaign_id)
-        objects.put(sheet_key, contact_sheet([objects.get(k) for k in done]), "image/png")
+        objects.put(sheet_key, contact_sheet([objects.get(k) for k in sheet]), "image/png")
+    objects.delete(keys.active_marker(prefix, campaign_id))
     return {"results": results_key, "contact_sheet": sheet_key}
 
 

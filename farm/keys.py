@@ -34,6 +34,25 @@ def worker_loaded(pid: int) -> str:
     return f"{PREFIX}worker-loaded:{pid}"
 
 
+FEED_CAMPAIGNS = f"{PREFIX}feed:campaigns"  # ZSet: campaigns the feeder looks after (by age)
+FEED_EPOCH = f"{PREFIX}feed:epoch"  # String: present while Redis holds the feeder's state
+
+
+def feeding(campaign_id: str) -> str:
+    """Hash: ranges claimed by a feeder and not yet published (start -> "stop:time")."""
+    return f"{PREFIX}campaign:{campaign_id}:feeding"
+
+
+def present(campaign_id: str) -> str:
+    """Bitmap: jobs whose images were found in S3 when Redis was rebuilt (resume)."""
+    return f"{PREFIX}campaign:{campaign_id}:present"
+
+
+def backlog_list(queue: str) -> str:
+    """List whose length is a family queue's backlog in messages (KEDA's redis scaler)."""
+    return f"{PREFIX}backlog:{queue}"
+
+
 WORKERS = f"{PREFIX}workers"  # Set: node names that have written a heartbeat
 
 
@@ -93,11 +112,6 @@ def campaign_counts(campaign_id: str) -> str:
     return f"{PREFIX}campaign:{campaign_id}:counts"
 
 
-def campaign_jobs(campaign_id: str) -> str:
-    """List: the campaign's job ids in submission order."""
-    return f"{PREFIX}campaign:{campaign_id}:jobs"
-
-
 def tenant_campaigns(tenant: str) -> str:
     """Sorted set: a tenant's campaign ids by creation time."""
     return f"{PREFIX}tenant:{tenant}:campaigns"
@@ -129,6 +143,16 @@ def image_keys(image_key: str, count: int) -> list[str]:
 def record_object(image_key: str) -> str:
     """S3 key of a job's result record (JSON), beside its image."""
     return image_key.removesuffix(".png") + ".json"
+
+
+def manifest_chunk(prefix: str, tenant: str, campaign_id: str, n: int) -> str:
+    """S3 key of chunk ``n`` of an explicit job list's manifest (JSON lines of specs)."""
+    return f"{campaign_prefix(prefix, tenant, campaign_id)}/manifest-{n:05d}.jsonl"
+
+
+def active_marker(prefix: str, campaign_id: str) -> str:
+    """S3 key that marks a campaign not finished yet (the feeder finds it after Redis loss)."""
+    return f"{prefix}/_active/{campaign_id}"
 
 
 def manifest_object(prefix: str, tenant: str, campaign_id: str) -> str:

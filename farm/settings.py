@@ -89,6 +89,24 @@ class Settings(BaseSettings):
         le=64,
         description="Most compatible jobs rendered in one pipeline call (1: none).",
     )
+    tenant_max_queued: int = Field(
+        5_000_000,
+        ge=1,
+        description="Most jobs one tenant may have queued (not started) at once; a submission "
+        "beyond it gets 429 with the limit.",
+    )
+    tenant_weights: str | None = Field(
+        None,
+        description="Feeder fair share: tenant:weight pairs, comma-separated (others weigh 1); "
+        "a tenant of weight 2 gets twice the in-flight jobs of one of weight 1.",
+    )
+    feed_depth: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="Jobs in flight (fed, not finished) per family; 0: twice what its decoders "
+        "render at once. The rest of every campaign waits in S3, not in Redis.",
+    )
     batch_wait_ms: int = Field(
         0,
         ge=0,
@@ -291,6 +309,22 @@ class Settings(BaseSettings):
                 f"{variable}: unknown model family {', '.join(unknown)}; known: {', '.join(REGISTRY)}"
             )
         return names
+
+    def weights(self) -> dict[str, float]:
+        """Feeder fair share weights by tenant (``tenant_weights``; a tenant not named: 1)."""
+        out: dict[str, float] = {}
+        for pair in filter(None, (p.strip() for p in (self.tenant_weights or "").split(","))):
+            tenant, sep, weight = pair.partition(":")
+            try:
+                value = float(weight)
+            except ValueError:
+                value = 0.0
+            if not sep or not tenant or not value > 0:
+                raise ConfigError(
+                    "FARM_TENANT_WEIGHTS: each entry must be tenant:weight, weight > 0"
+                )
+            out[tenant] = value
+        return out
 
     @property
     def enabled_families(self) -> tuple[str, ...]:

@@ -17,10 +17,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from farm.domain.jobs import JobSpec, field_path
+from farm.domain.jobs import MAX_PROMPT_CHARS, MAX_SEED, JobSpec, field_path
 from farm.errors import InvalidJob
 
-MAX_JOBS = 100_000
+MAX_JOBS = 100_000  # an explicit job list (it travels in one request body)
+MAX_GRID_JOBS = 1_000_000  # a grid: never expanded whole, fed to the queues as they drain
+EXHAUSTIVE = 10_000  # parameter combinations checked one by one; above, each value alone
 SPEC_FIELDS = set(JobSpec.model_fields)
 
 
@@ -131,6 +133,81 @@ class CampaignSpec(BaseModel):
                     except InvalidJob as e:
                         raise InvalidJob(_grid_origin(e.field, names), e.reason) from None
         return specs
+
+
+def plan_grid(campaign: CampaignSpec) -> tuple[int, list[int], list[JobSpec]]:
+    """A grid's size and seeds, every value checked, without expanding it.
+
+    Returns (total, seeds, representative specs: each prompt, each seed and each parameter
+    combination once, for the checks that need specs, such as enabled families and inputs).
+
+    Raises:
+        InvalidJob: naming the field where the bad value came from and its limit.
+    """
+    grid = campaign.grid
+    for name in campaign.defaults:
+        if name not in SPEC_FIELDS:
+            raise InvalidJob(
+                f"defaults.{name}", f"unknown field (allowed: {', '.join(SPEC_FIELDS)})"
+            )
+    for name, values in grid.params.items():
+        if name not in SPEC_FIELDS or name in ("prompt", "seed"):
+            raise InvalidJob(
+                f"grid.params.{name}",
+                "unknown or not a parameter (prompts and seeds have their own lists)",
+            )
+        if not values:
+            raise InvalidJob(f"grid.params.{name}", "must hold at least one value")
+    if isinstance(grid.seeds, int):
+        if not 1 <= grid.seeds <= MAX_GRID_JOBS:
+            raise InvalidJob("grid.seeds", f"a count must be between 1 and {MAX_GRID_JOBS}")
+    elif not grid.seeds:
+        raise InvalidJob("grid.seeds", "must hold at least one seed")
+    total = len(grid.prompts) * _seed_count(grid)
+    combos = 1
+    for values in grid.params.values():
+        combos *= len(values)
+    total *= combos
+    if total > MAX_GRID_JOBS:
+        raise InvalidJob("grid", f"expands to {total} jobs; at most {MAX_GRID_JOBS} per campaign")
+    seeds = (
+        [secrets.randbelow(2**32) for _ in range(grid.seeds)]
+        if isinstance(grid.seeds, int)
+        else list(grid.seeds)
+    )
+    names = list(grid.params)
+    first = {name: grid.params[name][0] for name in names}
+    if combos <= EXHAUSTIVE:
+        variants = [
+            dict(zip(names, c, strict=True)) for c in itertools.product(*grid.params.values())
+        ]
+    else:
+        variants = [first] + [
+            {**first, name: value} for name in names for value in grid.params[name][1:]
+        ]
+    base = {**campaign.defaults, "prompt": grid.prompts[0], "seed": seeds[0]}
+    rows = [{**base, **v} for v in variants]
+    # Prompts and seeds are checked as values (a full spec each would cost seconds per million).
+    for n, prompt in enumerate(grid.prompts):
+        if len(prompt) > MAX_PROMPT_CHARS or not prompt.strip():
+            rows.append({**base, **first, "prompt": prompt})  # the spec check says why
+        elif n and n < 100:
+            rows.append({**base, **first, "prompt": prompt})
+    for seed in seeds:
+        if not 0 <= seed <= MAX_SEED:
+            raise InvalidJob("grid.seeds", f"must be between 0 and {MAX_SEED} (got {seed})")
+    out = []
+    for data in rows:
+        try:
+            spec = JobSpec.parse(data)
+        except InvalidJob as e:
+            raise InvalidJob(_grid_origin(e.field, names), e.reason) from None
+        if spec.parent_indexes():
+            raise InvalidJob(
+                "grid", "a grid cannot read other jobs' images (job:<n>); use a job list"
+            )
+        out.append(spec)
+    return total, seeds, out
 
 
 def _seed_count(grid: Grid) -> int:

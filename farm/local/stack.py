@@ -310,6 +310,9 @@ class Stack:
             api_port = free_port()
         api = self._start_api(settings, env, state, api_port)
         started.append(api)
+        # The feeder tops the queues up from the campaigns in S3 as the workers drain them.
+        feeder = [sys.executable, "-m", "farm.feeder"]
+        started.append(spawn("feeder", feeder, logs / "feeder.log", env, "farm.feeder"))
         # Each must answer as itself: a port merely open may be another server's.
         wait_http(f"http://127.0.0.1:{port}/healthcheck", "OK", 30, flower)
         wait_http(f"http://127.0.0.1:{api_port}/healthz", '"ok":true', 30, api)
@@ -374,7 +377,7 @@ class Stack:
         state = self.read_state()
         if not state:
             return []
-        order = {"api": 0, "flower": 0, "seaweedfs": 2, "valkey": 3}  # workers: 1
+        order = {"api": 0, "flower": 0, "feeder": 0, "seaweedfs": 2, "valkey": 3}  # workers: 1
         stopped = []
         for p in sorted(self.procs(state), key=lambda p: order.get(p.name, 1)):
             if p.alive():

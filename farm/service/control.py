@@ -2,13 +2,54 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 from farm import keys
-from farm.domain.jobs import JobSpec, JobState
+from farm.domain.jobs import JobState
+from farm.domain.manifest import JobIds
 from farm.errors import NotFound
 from farm.stores.records import ACTIVE
+
+# KEYS: campaign, counts. ARGV: now. Stops feeding: the jobs not fed yet are cancelled by count
+# (they have no records). Returns {jobs fed before, whether this finished the campaign}.
+_CANCEL = """
+local c = redis.call('HMGET', KEYS[1], 'fed', 'total', 'cancelled')
+local fed, total = tonumber(c[1] or '0'), tonumber(c[2])
+if not c[3] then
+  redis.call('HSET', KEYS[1], 'cancelled', ARGV[1], 'fed_before_cancel', fed)
+end
+local unfed = total - fed
+redis.call('HSET', KEYS[1], 'fed', total)
+if unfed > 0 then
+  redis.call('HINCRBY', KEYS[2], 'queued', -unfed)
+  redis.call('HINCRBY', KEYS[2], 'cancelled', unfed)
+end
+local n = redis.call('HMGET', KEYS[2], 'done', 'failed', 'cancelled')
+local ended = (tonumber(n[1]) or 0) + (tonumber(n[2]) or 0) + (tonumber(n[3]) or 0)
+local complete = 0
+if unfed > 0 and ended == total then
+  redis.call('HSET', KEYS[1], 'finished_at', ARGV[1])
+  complete = 1
+end
+return {fed, complete}
+"""
+
+# KEYS: campaign, counts, feed list. ARGV: now. Undoes a cancel's count of the unfed jobs.
+_UNCANCEL = """
+local c = redis.call('HMGET', KEYS[1], 'cancelled', 'fed_before_cancel', 'total')
+if not c[1] then return 0 end
+local before, total = tonumber(c[2] or c[3]), tonumber(c[3])
+local unfed = total - before
+redis.call('HDEL', KEYS[1], 'cancelled', 'fed_before_cancel')
+redis.call('HSET', KEYS[1], 'fed', before)
+if unfed > 0 then
+  redis.call('HINCRBY', KEYS[2], 'cancelled', -unfed)
+  redis.call('HINCRBY', KEYS[2], 'queued', unfed)
+  redis.call('HDEL', KEYS[1], 'finished_at')
+end
+redis.call('ZADD', KEYS[3], ARGV[1], ARGV[2])
+return unfed
+"""
 
 
 class Control:
@@ -17,14 +58,17 @@ class Control:
     # -- control ------------------------------------------------------------------------------
 
     def cancel(self, campaign_id: str, *, tenant: str = keys.DEFAULT_TENANT) -> dict:
-        """Cancel: queued jobs never run, running ones finish, nothing new is enqueued.
+        """Cancel: queued jobs never run, running ones finish, nothing new is fed or enqueued.
 
         Only this campaign's records move; other campaigns' messages are never touched (the
         cancelled jobs' messages stay queued and are skipped when a worker reaches them).
         """
-        self._info(campaign_id, tenant)
-        self.redis.hset(keys.campaign(campaign_id), "cancelled", time.time())
-        ids = self.records.campaign_job_ids(campaign_id)
+        info = self._info(campaign_id, tenant)
+        fed, complete = self.redis.register_script(_CANCEL)(
+            keys=[keys.campaign(campaign_id), keys.campaign_counts(campaign_id)],
+            args=[time.time()],
+        )
+        ids = JobIds(campaign_id, int(info["total"]))[: int(fed)]
         # A job the prior is working on moves too: the prior then finds it cancelled and does
         # not enqueue its decoder. A job already decoding finishes.
         self.records.move_many(
@@ -35,8 +79,8 @@ class Control:
 
     def retry_failed(self, campaign_id: str, *, tenant: str = keys.DEFAULT_TENANT) -> int:
         """Re-enqueue the campaign's failed jobs; returns how many."""
-        self._info(campaign_id, tenant)
-        ids = self.records.campaign_job_ids(campaign_id)
+        info = self._info(campaign_id, tenant)
+        ids = JobIds(campaign_id, int(info["total"]))[: int(info.get("fed") or 0)]
         moved = self.records.move_many(campaign_id, ids, JobState.QUEUED, (JobState.FAILED,))
         self._requeue(campaign_id, tenant, moved)
         return len(moved)
@@ -48,42 +92,41 @@ class Control:
             {"requeued": n, "present": m}
         """
         prefix = self.settings.s3_prefix
-        try:
-            manifest = json.loads(
-                self.objects.get(keys.manifest_object(prefix, tenant, campaign_id))
-            )
-        except NotFound:
-            raise NotFound(f"unknown campaign {campaign_id}") from None
-        present = self.objects.list_keys(keys.campaign_prefix(prefix, tenant, campaign_id) + "/")
-        jobs = [
-            (j["job_id"], JobSpec.model_validate(j["spec"]), j["key"]) for j in manifest["jobs"]
-        ]
-
-        def complete(spec: JobSpec, key: str) -> bool:
-            return all(k in present for k in keys.image_keys(key, spec.num_images_per_prompt))
-
-        done_ids = [j for j, s, key in jobs if complete(s, key)]
-        missing = [j for j, s, key in jobs if not complete(s, key)]
         if self.records.campaign(campaign_id) is None:
-            # Redis lost everything: rebuild the records from the manifest, in its order.
-            self.records.create_campaign(
-                campaign_id,
-                tenant,
-                [(j, s) for j, s, _ in jobs],
-                prefix=prefix,
-                name=manifest.get("name"),
-                priority=manifest.get("spec", {}).get("priority") or "normal",
-                states=dict.fromkeys(done_ids, JobState.DONE),
-            )
-            requeue = missing
-        else:
-            self._info(campaign_id, tenant)
-            self.redis.hdel(keys.campaign(campaign_id), "cancelled")
-            everything = tuple(JobState)
-            self.records.move_many(campaign_id, done_ids, JobState.DONE, everything)
-            requeue = self.records.move_many(campaign_id, missing, JobState.QUEUED, everything)
+            # Redis lost everything: rebuild from the manifest; the feeder sends the jobs whose
+            # images are missing and marks the others done.
+            try:
+                found = self.rebuild(campaign_id, tenant)
+            except NotFound:
+                raise NotFound(f"unknown campaign {campaign_id}") from None
+            self.feed_once()
+            total = int(self.records.campaign(campaign_id)["total"])
+            return {"requeued": total - found, "present": found}
+        info = self._info(campaign_id, tenant)
+        self.redis.register_script(_UNCANCEL)(
+            keys=[
+                keys.campaign(campaign_id),
+                keys.campaign_counts(campaign_id),
+                keys.FEED_CAMPAIGNS,
+            ],
+            args=[time.time(), campaign_id],
+        )
+        info = self._info(campaign_id, tenant)
+        present = self.objects.list_keys(keys.campaign_prefix(prefix, tenant, campaign_id) + "/")
+        ids = JobIds(campaign_id, int(info["total"]))[: int(info.get("fed") or 0)]
+        done_ids, missing = [], []
+        for start in range(0, len(ids), 1000):
+            for rec in self.records.get_many(ids[start : start + 1000]):
+                if rec is None:
+                    continue
+                whole = all(k in present for k in rec.s3_keys)
+                (done_ids if whole else missing).append(rec.job_id)
+        everything = tuple(JobState)
+        self.records.move_many(campaign_id, done_ids, JobState.DONE, everything)
+        requeue = self.records.move_many(campaign_id, missing, JobState.QUEUED, everything)
         self._requeue(campaign_id, tenant, requeue)
         self._finalize_if_complete(campaign_id)
+        self.feed_once()
         return {"requeued": len(requeue), "present": len(done_ids)}
 
     def _requeue(self, campaign_id: str, tenant: str, job_ids: list[str]) -> None:
@@ -94,13 +137,12 @@ class Control:
             pipe.delete(keys.attempts(j, "prior"), keys.attempts(j, "decoder"))
         pipe.execute()
         recs = self.records.get_many(job_ids)
-        ids = self.records.campaign_job_ids(campaign_id)
         info = self.records.campaign(campaign_id) or {}
         self._schedule(
             campaign_id,
             tenant,
             [(r.job_id, r.spec) for r in recs if r is not None],
-            ids,
+            JobIds(campaign_id, int(info.get("total") or 0)),
             info.get("priority") or "normal",
         )
 

@@ -20,6 +20,7 @@ import redis
 
 from farm import keys
 from farm.service.control import Control
+from farm.service.feed import Feeding
 from farm.service.handle import Campaign
 from farm.service.submit import Submitting
 from farm.service.views import Views
@@ -29,7 +30,7 @@ from farm.stores.objects import ObjectStore
 from farm.stores.records import RecordStore
 
 
-class Farm(Submitting, Views, Control):
+class Farm(Submitting, Feeding, Views, Control):
     """Submits campaigns and reads, cancels, retries and resumes them.
 
     The verbs live by responsibility in ``submit``, ``views`` and ``control``; this class holds
@@ -55,6 +56,8 @@ class Farm(Submitting, Views, Control):
             app = create_app(settings)
         self.app = app
         self.gathering = Gathering(self.redis, settings.embedding_ttl_s)
+        self.manifests: dict = {}  # campaign id -> Manifest, read once per process
+        self.chunks: dict = {}  # (campaign id, n) -> an explicit list's manifest chunk
 
     # -- submit -------------------------------------------------------------------------------
 

@@ -12,10 +12,11 @@ from pydantic import BaseModel
 from farm import fleet, keys
 from farm.chains import release
 from farm.domain.batching import RENDERS_PER_MESSAGE, batches
-from farm.domain.campaigns import CampaignSpec
+from farm.domain.campaigns import CampaignSpec, plan_grid
 from farm.domain.jobs import JobSpec, new_id
+from farm.domain.manifest import CHUNK, Manifest, chunked
 from farm.domain.validation import check_enabled, check_inputs
-from farm.errors import Conflict, ServiceUnavailable
+from farm.errors import Conflict, QuotaExceeded, ServiceUnavailable
 from farm.families import get
 from farm.stores.gather import offer_for
 
@@ -51,9 +52,16 @@ class Submitting:
             ServiceUnavailable: Redis or S3 cannot be reached.
         """
         campaign = CampaignSpec.parse(spec)
-        specs = campaign.expand()
+        if campaign.grid is not None:
+            # A grid is never expanded: its size, seeds and every value are checked from its
+            # lists, and its jobs are computed from the manifest as they are fed.
+            total, seeds, specs = plan_grid(campaign)
+        else:
+            specs = campaign.expand()
+            total, seeds = len(specs), None
         check_enabled(specs, self.settings.enabled_families)
         check_inputs(specs, self._input_meta(tenant))
+        self._check_quota(tenant, total)
         campaign_id = new_id()
         if idempotency_key:
             body = hashlib.sha256(campaign.model_dump_json().encode()).hexdigest()
@@ -71,18 +79,33 @@ class Submitting:
                     info = self.records.campaign(earlier_id)
                     return Submitted(
                         campaign_id=earlier_id,
-                        job_count=int(info["total"]) if info else len(specs),
+                        job_count=int(info["total"]) if info else total,
                         created=False,
                     )
             except redis.RedisError as e:
                 raise ServiceUnavailable(f"redis: {e}") from e
         try:
-            self._create(campaign_id, tenant, campaign, specs)
+            self._create(campaign_id, tenant, campaign, specs, total, seeds)
         except BaseException:
             if idempotency_key:
                 self.redis.delete(keys.idempotency(tenant, idempotency_key))
             raise
-        return Submitted(campaign_id=campaign_id, job_count=len(specs), created=True)
+        # The first jobs go out now (as the fair share allows), not at the feeder's next pass.
+        self.feed_once()
+        return Submitted(campaign_id=campaign_id, job_count=total, created=True)
+
+    def _check_quota(self, tenant: str, total: int) -> None:
+        """A tenant may have at most ``tenant_max_queued`` jobs waiting, this campaign's too."""
+        limit = self.settings.tenant_max_queued
+        try:
+            waiting = self.queued_jobs(tenant)
+        except redis.RedisError as e:
+            raise ServiceUnavailable(f"redis: {e}") from e
+        if waiting + total > limit:
+            raise QuotaExceeded(
+                f"tenant {tenant!r} would have {waiting + total} jobs queued; at most {limit} "
+                f"(FARM_TENANT_MAX_QUEUED): wait for some to finish, or cancel a campaign"
+            )
 
     def _input_meta(self, tenant: str):
         """A cached lookup of an upload's stored metadata (None when there is no such upload)."""
@@ -112,40 +135,51 @@ class Submitting:
         return {"input": img.ref, "width": img.width, "height": img.height, "format": img.format}
 
     def _create(
-        self, campaign_id: str, tenant: str, campaign: CampaignSpec, specs: list[JobSpec]
+        self,
+        campaign_id: str,
+        tenant: str,
+        campaign: CampaignSpec,
+        specs: list[JobSpec],
+        total: int,
+        seeds: list[int] | None,
     ) -> None:
-        pairs = [(new_id(), s) for s in specs]
         prefix = self.settings.s3_prefix
-        manifest = {
-            "campaign_id": campaign_id,
-            "tenant": tenant,
-            "name": campaign.name,
-            "created_at": time.time(),
-            "spec": campaign.model_dump(mode="json"),
-            "jobs": [
-                {
-                    "job_id": j,
-                    "spec": s.to_dict(),
-                    "key": keys.image_object(prefix, tenant, campaign_id, j),
-                }
-                for j, s in pairs
-            ],
-        }
-        # The manifest first: once it exists, `resume` can rebuild everything else from it.
+        explicit = campaign.grid is None
+        manifest = Manifest(
+            campaign_id=campaign_id,
+            tenant=tenant,
+            prefix=prefix,
+            total=total,
+            spec=campaign.model_dump(mode="json", exclude={"jobs"}),
+            created_at=time.time(),
+            seeds=seeds,
+            chunks=-(-total // CHUNK) if explicit else 0,
+        )
+        if explicit:
+            for n, chunk in enumerate(chunked(specs)):
+                lines = "\n".join(json.dumps(s, ensure_ascii=False) for s in chunk) + "\n"
+                key = keys.manifest_chunk(prefix, tenant, campaign_id, n)
+                self.objects.put(key, lines.encode(), "application/x-ndjson")
+        # The manifest before Redis: once it exists, the campaign can be rebuilt from S3 alone
+        # (the chunks before the header that names them; the marker lets a feeder find it).
         self.objects.put(
             keys.manifest_object(prefix, tenant, campaign_id),
-            json.dumps(manifest, ensure_ascii=False).encode(),
+            json.dumps(manifest.header(), ensure_ascii=False).encode(),
             "application/json",
         )
+        self.objects.put(keys.active_marker(prefix, campaign_id), tenant.encode(), "text/plain")
+        self.manifests[campaign_id] = manifest
+        for n, chunk in enumerate(chunked(specs) if explicit else ()):
+            self.chunks[(campaign_id, n)] = chunk
         self.records.create_campaign(
             campaign_id,
             tenant,
-            pairs,
-            prefix=prefix,
+            total=total,
+            families=list(dict.fromkeys(s.model for s in specs)),
             name=campaign.name,
             priority=campaign.priority,
+            created_at=manifest.created_at,
         )
-        self._schedule(campaign_id, tenant, pairs, [j for j, _ in pairs], campaign.priority)
 
     def _message(
         self,

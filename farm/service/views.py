@@ -7,6 +7,7 @@ import time
 
 from farm import fleet, keys
 from farm.domain.jobs import JobRecord, JobState
+from farm.domain.manifest import JobIds
 from farm.errors import InvalidJob, NotFound
 from farm.service.handle import Campaign
 from farm.stores.records import ACTIVE
@@ -17,8 +18,8 @@ class Views:
 
     def campaign(self, campaign_id: str, *, tenant: str = keys.DEFAULT_TENANT):
         """A handle on one of the tenant's campaigns (``farm.service.Campaign``)."""
-        self._info(campaign_id, tenant)
-        return Campaign(self, campaign_id, self.records.campaign_job_ids(campaign_id), tenant)
+        info = self._info(campaign_id, tenant)
+        return Campaign(self, campaign_id, JobIds(campaign_id, int(info["total"])), tenant)
 
     def _info(self, campaign_id: str, tenant: str) -> dict:
         info = self.records.campaign(campaign_id)
@@ -103,23 +104,47 @@ class Views:
         """One page of a campaign's jobs, optionally of one state, and the cursor to the next."""
         info = self._info(campaign_id, tenant)
         total = int(info["total"])
+        fed = int(info.get("fed_before_cancel") or info.get("fed") or 0)
+        # Jobs not fed yet have no records: queued (or cancelled), described by the manifest.
+        unfed = JobState.CANCELLED if info.get("cancelled") else JobState.QUEUED
+        end = total if state in (None, unfed) else min(fed, total)
+        all_ids = JobIds(campaign_id, total)
         index = _decode_cursor(cursor)
         items: list[dict] = []
-        while index < total and len(items) < limit:
-            ids = self.records.campaign_job_ids(campaign_id, index, index + max(limit, 100) - 1)
-            if not ids:
-                break
+        while index < end and len(items) < limit:
+            ids = all_ids[index : min(index + max(limit, 100), end)]
             for offset, rec in enumerate(self.records.get_many(ids)):
-                if rec is None or (state is not None and rec.state != state):
+                if rec is None:
+                    if index + offset < fed or state not in (None, unfed):
+                        continue
+                    items.append(self._unfed_view(campaign_id, tenant, index + offset, unfed))
+                elif state is not None and rec.state != state:
                     continue
-                items.append(self._job_view(rec, presign_s))
+                else:
+                    items.append(self._job_view(rec, presign_s))
                 if len(items) == limit:
                     index += offset + 1
                     break
             else:
                 index += len(ids)
-        more = index < total
+        more = index < end
         return items, (_encode_cursor(index) if more else None)
+
+    def _unfed_view(self, campaign_id: str, tenant: str, index: int, state: JobState) -> dict:
+        manifest = self.manifest(campaign_id, tenant)
+        spec = manifest.jobs(index, index + 1, lambda n: self._chunk(manifest, n))[0]
+        return {
+            "job_id": manifest.job_id(index),
+            "state": state.value,
+            "spec": spec.to_dict(),
+            "seed": spec.seed,
+            "s3_key": manifest.key(index),
+            "s3_keys": [],
+            "url": None,
+            "urls": [],
+            "timings": {},
+            "error": None,
+        }
 
     def _job_view(self, rec: JobRecord, presign_s: int) -> dict:
         done = rec.state == JobState.DONE

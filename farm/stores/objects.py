@@ -63,6 +63,21 @@ class ObjectStore:
         except (ClientError, BotoCoreError) as e:
             raise ServiceUnavailable(f"s3: cannot put {key}: {e}") from e
 
+    def put_file(self, key: str, path, content_type: str) -> None:
+        """A file of any size (multipart above boto3's threshold), never read whole."""
+        try:
+            self.client.upload_file(
+                str(path), self.bucket, key, ExtraArgs={"ContentType": content_type}
+            )
+        except (ClientError, BotoCoreError) as e:
+            raise ServiceUnavailable(f"s3: cannot put {key}: {e}") from e
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as e:
+            raise ServiceUnavailable(f"s3: cannot delete {key}: {e}") from e
+
     def get(self, key: str) -> bytes:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()

@@ -16,6 +16,7 @@ import redis
 
 from farm import keys
 from farm.domain.jobs import JobRecord, JobSpec, JobState
+from farm.domain.manifest import JobIds
 from farm.errors import NotFound, ServiceUnavailable
 
 BATCH = 1000  # commands per pipelined round trip
@@ -54,6 +55,15 @@ return {1, cur, complete}
 """
 
 
+# KEYS: job. ARGV: ttl, field/value... Creates the record unless it exists.
+_ADD = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+
 def _states(states: Iterable[JobState]) -> str:
     return ",".join(s.value for s in states)
 
@@ -65,6 +75,7 @@ class RecordStore:
         self.client = client
         self.ttl_s = ttl_s
         self._transition = client.register_script(_TRANSITION)
+        self._add = client.register_script(_ADD)
 
     # -- create -------------------------------------------------------------------------------
 
@@ -72,18 +83,17 @@ class RecordStore:
         self,
         campaign_id: str,
         tenant: str,
-        jobs: list[tuple[str, JobSpec]],
         *,
-        prefix: str,
+        total: int,
+        families: list[str],
         name: str | None = None,
         priority: str = "normal",
-        total: int | None = None,
-        states: dict[str, JobState] | None = None,
+        created_at: float | None = None,
     ) -> None:
-        """Record a campaign and its jobs (all queued unless ``states`` says otherwise)."""
-        now = time.time()
+        """Record a campaign: its header, its counts (every job queued) and its place in the
+        feeder's list. No job is recorded here: a job's record is made when it is fed."""
+        now = created_at or time.time()
         ckey, counts = keys.campaign(campaign_id), keys.campaign_counts(campaign_id)
-        total = len(jobs) if total is None else total
         try:
             pipe = self.client.pipeline(transaction=False)
             pipe.hset(
@@ -94,54 +104,52 @@ class RecordStore:
                     "created_at": now,
                     "name": name or "",
                     "priority": priority,
+                    "family": families[0],
+                    "fed": 0,
                 },
             )
-            pipe.hset(counts, mapping={s.value: 0 for s in JobState})
+            pipe.hset(counts, mapping={s.value: 0 for s in JobState} | {"queued": total})
             pipe.zadd(keys.tenant_campaigns(tenant), {campaign_id: now})
             fams = keys.campaign_families(campaign_id)
-            pipe.sadd(fams, *{spec.model for _, spec in jobs})
+            pipe.sadd(fams, *families)
             for key in (ckey, counts, keys.tenant_campaigns(tenant), fams):
                 pipe.expire(key, self.ttl_s)
+            pipe.zadd(keys.FEED_CAMPAIGNS, {campaign_id: now})
             pipe.execute()
-            self._add_jobs(campaign_id, tenant, prefix, jobs, now, states or {})
         except redis.RedisError as e:
             raise ServiceUnavailable(f"redis: cannot record campaign: {e}") from e
 
-    def _add_jobs(
-        self,
-        campaign_id: str,
-        tenant: str,
-        prefix: str,
-        jobs: list[tuple[str, JobSpec]],
-        now: float,
-        states: dict[str, JobState],
+    def add_fed(
+        self, campaign_id: str, tenant: str, prefix: str, jobs: list[tuple[str, JobSpec]]
     ) -> None:
-        # Each record holds its output key from the start: done means that object exists.
-        for start in range(0, len(jobs), BATCH):
+        """Records for jobs being fed, queued (the campaign's counts already hold them); a job
+        that has a record already keeps it (a feed run again after a crash)."""
+        now = time.time()
+        try:
             pipe = self.client.pipeline(transaction=False)
-            chunk = jobs[start : start + BATCH]
-            per_state: dict[str, int] = {}
-            for job_id, spec in chunk:
-                state = states.get(job_id, JobState.QUEUED).value
-                per_state[state] = per_state.get(state, 0) + 1
-                key = keys.job(job_id)
-                pipe.hset(
-                    key,
-                    mapping={
-                        "campaign_id": campaign_id,
-                        "state": state,
-                        "spec": spec.model_dump_json(),
-                        "s3_key": keys.image_object(prefix, tenant, campaign_id, job_id),
-                        "created_at": now,
-                        "updated_at": now,
-                    },
+            for job_id, spec in jobs:
+                self._add(
+                    keys=[keys.job(job_id)],
+                    args=[
+                        self.ttl_s,
+                        "campaign_id",
+                        campaign_id,
+                        "state",
+                        JobState.QUEUED.value,
+                        "spec",
+                        spec.model_dump_json(),
+                        "s3_key",
+                        keys.image_object(prefix, tenant, campaign_id, job_id),
+                        "created_at",
+                        now,
+                        "updated_at",
+                        now,
+                    ],
+                    client=pipe,
                 )
-                pipe.expire(key, self.ttl_s)
-            pipe.rpush(keys.campaign_jobs(campaign_id), *(j for j, _ in chunk))
-            pipe.expire(keys.campaign_jobs(campaign_id), self.ttl_s)
-            for state, n in per_state.items():
-                pipe.hincrby(keys.campaign_counts(campaign_id), state, n)
             pipe.execute()
+        except redis.RedisError as e:
+            raise ServiceUnavailable(f"redis: cannot record jobs: {e}") from e
 
     def campaign_families(self, campaign_id: str) -> list[str]:
         """The model families a campaign's jobs use."""
@@ -327,11 +335,12 @@ class RecordStore:
         return [{k.decode(): float(v) for k, v in r.items()} for r in raw]
 
     def campaign_job_ids(self, campaign_id: str, start: int = 0, stop: int = -1) -> list[str]:
-        try:
-            ids = self.client.lrange(keys.campaign_jobs(campaign_id), start, stop)
-        except redis.RedisError as e:
-            raise ServiceUnavailable(f"redis: cannot read campaign {campaign_id}: {e}") from e
-        return [i.decode() for i in ids]
+        """The ids of the campaign's jobs ``start`` to ``stop`` (inclusive; -1: the last)."""
+        info = self.campaign(campaign_id)
+        if info is None:
+            return []
+        ids = JobIds(campaign_id, int(info["total"]))
+        return ids[start : (None if stop == -1 else stop + 1)]
 
     def tenant_campaigns(self, tenant: str, limit: int = 100) -> list[str]:
         ids = self.client.zrevrange(keys.tenant_campaigns(tenant), 0, limit - 1)

@@ -1,0 +1,367 @@
+"""Feeding: campaigns wait in S3; the queues hold what the workers are about to take.
+
+A campaign's jobs are fed to the queues in ranges as its family drains: each family keeps about
+``feed_depth`` jobs in flight (fed and not finished; by default twice what its decoders render
+at once). Which campaign feeds next is a fair choice, per family:
+
+- across tenants: the tenant with the fewest in-flight jobs for its weight, and a tenant below
+  its share (the family's depth over its active tenants) is fed even when the family is full,
+  so a newcomer never waits behind another tenant's backlog;
+- within a tenant: its highest-priority campaign first (high, normal, low), then the one with
+  the fewest jobs in flight (round robin).
+
+Feeding is safe to run in several processes at once (the API after a submission, the feeder
+in the stack, a second feeder): a range is claimed by one atomic step on the campaign's cursor,
+so no job is fed twice. A claimed range is noted until its messages are out; a feeder that dies
+in between leaves the note, and a later pass feeds the range again (its jobs still queued).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import redis
+
+from farm import fleet, keys
+from farm.domain.batching import RENDERS_PER_MESSAGE
+from farm.domain.jobs import JobState
+from farm.domain.manifest import JobIds, Manifest
+from farm.errors import NotFound, ServiceUnavailable
+from farm.families import get
+
+log = logging.getLogger("farm.feeder")
+
+RANK = {"high": 0, "normal": 1, "low": 2}
+STALE_FEED_S = 30.0  # a claimed range not published after this long is fed again
+
+# KEYS: campaign, feeding notes. ARGV: most jobs, now. Returns {start, stop} or {-1, -1}.
+_CLAIM = """
+local c = redis.call('HMGET', KEYS[1], 'fed', 'total', 'cancelled')
+if not c[2] or c[3] then return {-1, -1} end
+local fed, total = tonumber(c[1] or '0'), tonumber(c[2])
+if fed >= total then return {-1, -1} end
+local stop = math.min(fed + tonumber(ARGV[1]), total)
+redis.call('HSET', KEYS[1], 'fed', stop)
+redis.call('HSET', KEYS[2], fed, stop .. ':' .. ARGV[2])
+return {fed, stop}
+"""
+
+
+@dataclass
+class Feedable:
+    campaign_id: str
+    tenant: str
+    family: str
+    priority: str
+    created_at: float
+    total: int
+    fed: int
+    inflight: int
+    cancelled: bool
+
+    @property
+    def open(self) -> bool:
+        return not self.cancelled and self.fed < self.total
+
+
+class Feeding:
+    """Farm's feeding verbs (mixed into ``Farm``)."""
+
+    def _claim_script(self):
+        if not hasattr(self, "_claim"):
+            self._claim = self.redis.register_script(_CLAIM)
+        return self._claim
+
+    # -- what is there ------------------------------------------------------------------------
+
+    def feedables(self) -> list[Feedable]:
+        """Every campaign the feeder looks after, with its cursor and jobs in flight (one round
+        trip); campaigns that ended leave the list."""
+        ids = [c.decode() for c in self.redis.zrange(keys.FEED_CAMPAIGNS, 0, -1)]
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        fields = ("tenant", "family", "priority", "created_at", "total", "fed", "cancelled")
+        for cid in ids:
+            pipe.hmget(keys.campaign(cid), *fields)
+            pipe.hmget(keys.campaign_counts(cid), "queued", "prior", "decoding")
+        raw = pipe.execute()
+        out, gone = [], []
+        for n, cid in enumerate(ids):
+            head, counts = raw[2 * n], raw[2 * n + 1]
+            if head[0] is None:
+                gone.append(cid)  # expired, or Redis lost it (the feeder rebuilds from S3)
+                continue
+            tenant, family, prio, created, total, fed, cancelled = (
+                v.decode() if v is not None else None for v in head
+            )
+            total, fed = int(total), int(fed or 0)
+            queued, prior, decoding = (int(v or 0) for v in counts)
+            item = Feedable(
+                cid,
+                tenant,
+                family,
+                prio or "normal",
+                float(created or 0),
+                total,
+                fed,
+                # Queued counts the jobs not fed yet too.
+                max(queued - (total - fed), 0) + prior + decoding,
+                cancelled is not None,
+            )
+            if not item.open and item.inflight == 0:
+                gone.append(cid)
+            else:
+                out.append(item)
+        if gone:
+            self.redis.zrem(keys.FEED_CAMPAIGNS, *gone)
+        return out
+
+    def queued_jobs(self, tenant: str) -> int:
+        """Jobs of the tenant's unfinished campaigns not started yet (fed or not)."""
+        ids = [c.decode() for c in self.redis.zrange(keys.FEED_CAMPAIGNS, 0, -1)]
+        pipe = self.redis.pipeline(transaction=False)
+        for cid in ids:
+            pipe.hget(keys.campaign(cid), "tenant")
+            pipe.hget(keys.campaign_counts(cid), "queued")
+        raw = pipe.execute() if ids else []
+        return sum(
+            int(raw[2 * n + 1] or 0) for n in range(len(ids)) if raw[2 * n] == tenant.encode()
+        )
+
+    def target_depth(self, family: str) -> int:
+        """Jobs a family keeps in flight: the setting, or twice what its decoders render at once."""
+        if self.settings.feed_depth:
+            return self.settings.feed_depth
+        slots = fleet.render_slots(self.redis, get(family).queue("decoder"))
+        return 2 * max(slots, 1) * self.settings.batch_max
+
+    # -- choose and feed ---------------------------------------------------------------------
+
+    def feed_once(self) -> int:
+        """One fair pass: feed every family up to its depth. Returns the jobs fed."""
+        try:
+            items = self.feedables()
+        except redis.RedisError as e:
+            raise ServiceUnavailable(f"redis: cannot read the feed list: {e}") from e
+        weights = self.settings.weights()
+        quantum = self.settings.batch_max * RENDERS_PER_MESSAGE
+        fed = 0
+        for family in sorted({i.family for i in items}):
+            mine = [i for i in items if i.family == family]
+            target = self.target_depth(family)
+            while True:
+                inflight = sum(i.inflight for i in mine)
+                per_tenant: dict[str, int] = {}
+                for i in mine:
+                    per_tenant[i.tenant] = per_tenant.get(i.tenant, 0) + i.inflight
+                wanting = sorted({i.tenant for i in mine if i.open})
+                if not wanting:
+                    break
+                share = max(target // len(set(per_tenant)), 1)
+                # Below its share a tenant is fed even when the family is full.
+                able = [t for t in wanting if inflight < target or per_tenant[t] < share]
+                if not able:
+                    break
+                tenant = min(able, key=lambda t: (per_tenant[t] / weights.get(t, 1.0), t))
+                pick = min(
+                    (i for i in mine if i.tenant == tenant and i.open),
+                    key=lambda i: (RANK.get(i.priority, 1), i.inflight, i.created_at),
+                )
+                room = max(target - inflight, share - per_tenant[tenant], 1)
+                n = self.feed_range(pick, min(quantum, room))
+                if not n:
+                    pick.fed = pick.total  # someone else fed it to the end, or it was cancelled
+                    continue
+                pick.fed += n
+                pick.inflight += n
+                fed += n
+        return fed
+
+    def feed_range(self, item: Feedable, most: int) -> int:
+        """Claim the campaign's next ``most`` jobs and send them; returns how many."""
+        start, stop = self._claim_script()(
+            keys=[keys.campaign(item.campaign_id), keys.feeding(item.campaign_id)],
+            args=[most, time.time()],
+        )
+        if start < 0:
+            return 0
+        self._send_range(item.campaign_id, item.tenant, int(start), int(stop))
+        self.redis.hdel(keys.feeding(item.campaign_id), start)
+        return int(stop) - int(start)
+
+    def _send_range(self, campaign_id: str, tenant: str, start: int, stop: int) -> None:
+        """Record and enqueue jobs ``start`` to ``stop - 1`` (again, after a crash: the jobs
+        that moved on are left alone)."""
+        manifest = self.manifest(campaign_id, tenant)
+        specs = manifest.jobs(start, stop, lambda n: self._chunk(manifest, n))
+        pairs = [
+            (manifest.job_id(i), spec) for i, spec in zip(range(start, stop), specs, strict=True)
+        ]
+        self.records.add_fed(campaign_id, tenant, manifest.prefix, pairs)
+        present = self._present(campaign_id, start, stop)
+        found = [(j, s) for n, (j, s) in enumerate(pairs) if present[n]]
+        if found:
+            # Rebuilt after Redis was lost, and the image is in S3: done, not rendered again.
+            moved = self.records.moves(
+                campaign_id,
+                [
+                    (j, {"s3_key": manifest.key(start + n)})
+                    for n, (j, _) in enumerate(pairs)
+                    if present[n]
+                ],
+                JobState.DONE,
+                (JobState.QUEUED,),
+            )
+            if any(done for _, _, done in moved):
+                self.app.send_task(keys.FINALIZE_TASK, kwargs={"campaign_id": campaign_id})
+        todo = [(j, s) for n, (j, s) in enumerate(pairs) if not present[n]]
+        states = self.records.states([j for j, _ in todo])
+        todo = [p for p, state in zip(todo, states, strict=True) if state == JobState.QUEUED]
+        ids = JobIds(campaign_id, manifest.total)
+        self._schedule(campaign_id, tenant, todo, ids, manifest.priority)
+        if self.redis.hexists(keys.campaign(campaign_id), "cancelled"):
+            # Cancelled while this range went out: its jobs never run.
+            self.records.move_many(
+                campaign_id, [j for j, _ in todo], JobState.CANCELLED, (JobState.QUEUED,)
+            )
+
+    def _present(self, campaign_id: str, start: int, stop: int) -> list[bool]:
+        pipe = self.redis.pipeline(transaction=False)
+        for i in range(start, stop):
+            pipe.getbit(keys.present(campaign_id), i)
+        return [bool(b) for b in pipe.execute()]
+
+    # -- the manifest, cached -------------------------------------------------------------------
+
+    def manifest(self, campaign_id: str, tenant: str) -> Manifest:
+        """A campaign's manifest header (read from S3 once per process)."""
+        found = self.manifests.get(campaign_id)
+        if found is None:
+            raw = self.objects.get(
+                keys.manifest_object(self.settings.s3_prefix, tenant, campaign_id)
+            )
+            found = Manifest.from_header(json.loads(raw))
+            if len(self.manifests) > 1000:
+                self.manifests.clear()
+            self.manifests[campaign_id] = found
+        return found
+
+    def _chunk(self, manifest: Manifest, n: int) -> list[dict]:
+        key = (manifest.campaign_id, n)
+        if key not in self.chunks:
+            if len(self.chunks) > 8:
+                self.chunks.clear()  # a chunk is 10,000 specs: keep a few
+            raw = self.objects.get(
+                keys.manifest_chunk(manifest.prefix, manifest.tenant, manifest.campaign_id, n)
+            )
+            self.chunks[key] = [json.loads(line) for line in raw.decode().splitlines() if line]
+        return self.chunks[key]
+
+    # -- repair --------------------------------------------------------------------------------
+
+    def refeed_stale(self, older_than_s: float = STALE_FEED_S) -> int:
+        """Ranges claimed by a feeder that died before their messages went out: send them."""
+        now, count = time.time(), 0
+        for item in self.feedables():
+            notes = self.redis.hgetall(keys.feeding(item.campaign_id))
+            for start, value in notes.items():
+                stop, at = value.decode().split(":")
+                if now - float(at) < older_than_s:
+                    continue
+                log.warning("feeding %s jobs %s-%s again", item.campaign_id, int(start), stop)
+                self._send_range(item.campaign_id, item.tenant, int(start), int(stop))
+                self.redis.hdel(keys.feeding(item.campaign_id), start)
+                count += int(stop) - int(start)
+        return count
+
+    def recover(self) -> list[str]:
+        """After Redis lost the farm's state: every unfinished campaign (S3 markers) whose
+        records are gone is rebuilt from its manifest and fed again. Returns their ids."""
+        if self.redis.exists(keys.FEED_EPOCH):
+            return []
+        prefix = self.settings.s3_prefix
+        rebuilt = []
+        for key in self.objects.list_keys(f"{prefix}/_active/"):
+            campaign_id = key.rsplit("/", 1)[1]
+            if self.records.campaign(campaign_id) is not None:
+                continue
+            try:
+                tenant = self.objects.get(key).decode()
+                self.rebuild(campaign_id, tenant)
+                rebuilt.append(campaign_id)
+            except NotFound:
+                continue
+        self.redis.set(keys.FEED_EPOCH, str(time.time()))
+        return rebuilt
+
+    def rebuild(self, campaign_id: str, tenant: str) -> int:
+        """Redis knows nothing of the campaign: record it again from its manifest, note the
+        images S3 already has (the feeder marks those jobs done, never renders them again).
+        Returns how many images were found."""
+        self.manifests.pop(campaign_id, None)
+        manifest = self.manifest(campaign_id, tenant)
+        if not self.redis.hsetnx(keys.campaign(campaign_id), "tenant", tenant):
+            return 0  # another process (the feeder, a resume) is rebuilding it
+        prefix = keys.campaign_prefix(manifest.prefix, tenant, campaign_id) + "/"
+        present = set(self.objects.list_keys(prefix))
+        found = 0
+        pipe = self.redis.pipeline(transaction=False)
+        for i in range(manifest.total):
+            key = manifest.key(i)
+            whole = key in present
+            if not whole and key.removesuffix(".png") + "-0.png" in present:
+                # Several images per prompt: done only when every one is there.
+                spec = manifest.jobs(i, i + 1, lambda n: self._chunk(manifest, n))[0]
+                whole = all(k in present for k in keys.image_keys(key, spec.num_images_per_prompt))
+            if whole:
+                pipe.setbit(keys.present(campaign_id), i, 1)
+                found += 1
+        pipe.expire(keys.present(campaign_id), self.settings.record_ttl_s)
+        families = self._families(manifest)
+        self.records.create_campaign(
+            campaign_id,
+            tenant,
+            total=manifest.total,
+            families=families,
+            name=manifest.spec.get("name"),
+            priority=manifest.priority,
+            created_at=manifest.created_at,
+        )
+        pipe.execute()
+        return found
+
+    def _families(self, manifest: Manifest) -> list[str]:
+        if manifest.is_grid:
+            return [manifest.grid_spec(0).model]
+        seen: dict[str, None] = {}
+        for n in range(manifest.chunks):
+            for spec in self._chunk(manifest, n):
+                seen[spec.get("model") or "kandinsky-2.2"] = None
+        return list(seen) or ["kandinsky-2.2"]
+
+    def publish_backlog(self) -> dict[str, int]:
+        """Each first-stage queue's backlog (jobs not fed yet, plus messages queued), in
+        messages, as the length of a list KEDA's redis scaler reads; also returned."""
+        items = self.feedables()
+        quantum = self.settings.batch_max * RENDERS_PER_MESSAGE
+        unfed: dict[str, int] = {}
+        for i in items:
+            if i.open:
+                queue = get(i.family).queue("prior" if get(i.family).two_stage else "decoder")
+                unfed[queue] = unfed.get(queue, 0) + i.total - i.fed
+        names = fleet.all_queues(self.settings.enabled_families)
+        depths = fleet.depths(self.redis, names)
+        out = {}
+        pipe = self.redis.pipeline(transaction=True)
+        for queue, depth in zip(names, depths, strict=True):
+            n = min(depth + -(-unfed.get(queue, 0) // quantum), 10_000)
+            out[queue] = n
+            pipe.delete(keys.backlog_list(queue))
+            if n:
+                pipe.rpush(keys.backlog_list(queue), *([1] * n))
+        pipe.execute()
+        return out

@@ -74,8 +74,13 @@ def test_grid_campaign_end_to_end_over_http(alice, object_store):
     assert len(rows) == 8 and {r["job_id"] for r in rows} == {j["job_id"] for j in jobs}
     sheet = _wait_for(lambda: _get_or_none(object_store, f"{base}/contact_sheet.png"))
     assert Image.open(io.BytesIO(sheet)).size == (3 * 128, 3 * 128)
+    # The manifest is the grid itself (jobs are computed from it), and the job ids follow it.
     manifest = json.loads(object_store.get(f"{base}/manifest.json"))
-    assert len(manifest["jobs"]) == 8 and manifest["tenant"] == "alice"
+    assert manifest["total"] == 8 and manifest["tenant"] == "alice"
+    assert manifest["spec"]["grid"]["prompts"] == ["a red cat", "قطة حمراء"]
+    assert sorted(r["job_id"] for r in rows) == sorted(f"{handle.id}-{i}" for i in range(8))
+    # A finished campaign leaves no "active" marker for the feeder to find after a Redis loss.
+    assert not object_store.list_keys(f"renders/_active/{handle.id}")
 
 
 def _get_or_none(store, key):

@@ -281,7 +281,9 @@ class Feeding:
     def recover(self) -> list[str]:
         """After Redis lost the farm's state: every unfinished campaign (S3 markers) whose
         records are gone is rebuilt from its manifest and fed again. Returns their ids."""
-        if self.redis.exists(keys.FEED_EPOCH):
+        # Set before the scan: a loss during the scan removes it again, and the next pass
+        # scans again (set after, it would hide that loss for good).
+        if not self.redis.set(keys.FEED_EPOCH, str(time.time()), nx=True):
             return []
         prefix = self.settings.s3_prefix
         rebuilt = []
@@ -295,7 +297,6 @@ class Feeding:
                 rebuilt.append(campaign_id)
             except NotFound:
                 continue
-        self.redis.set(keys.FEED_EPOCH, str(time.time()))
         return rebuilt
 
     def rebuild(self, campaign_id: str, tenant: str) -> int:

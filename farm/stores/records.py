@@ -64,6 +64,15 @@ return 1
 """
 
 
+# KEYS: job. ARGV: ignored, field/value... Sets fields of an existing record only: a worker
+# finishing a job whose record Redis lost must not leave a half record behind.
+_UPDATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+
 def _states(states: Iterable[JobState]) -> str:
     return ",".join(s.value for s in states)
 
@@ -76,6 +85,7 @@ class RecordStore:
         self.ttl_s = ttl_s
         self._transition = client.register_script(_TRANSITION)
         self._add = client.register_script(_ADD)
+        self._update = client.register_script(_UPDATE)
 
     # -- create -------------------------------------------------------------------------------
 
@@ -236,10 +246,10 @@ class RecordStore:
             pipe = self.client.pipeline(transaction=False)
             for job_id, values in (timings or {}).items():
                 if values:
-                    pipe.hset(
-                        keys.job(job_id),
-                        mapping={f"t_{k}": round(v, 6) for k, v in values.items()},
-                    )
+                    argv = [0]  # no TTL change: only an existing record gets timings
+                    for k, v in values.items():
+                        argv += [f"t_{k}", round(v, 6)]
+                    self._update(keys=[keys.job(job_id)], args=argv, client=pipe)
             if usage:
                 for name, amount in usage.items():
                     pipe.hincrbyfloat(keys.campaign_usage(campaign_id), name, amount)
@@ -301,7 +311,8 @@ class RecordStore:
                 for job_id in chunk:
                     pipe.hgetall(keys.job(job_id))
                 for job_id, raw in zip(chunk, pipe.execute(), strict=True):
-                    out.append(_record(job_id, raw) if raw else None)
+                    # No state: not a whole record (never fed, or written around a Redis loss).
+                    out.append(_record(job_id, raw) if raw and b"state" in raw else None)
         except redis.RedisError as e:
             raise ServiceUnavailable(f"redis: cannot read jobs: {e}") from e
         return out

@@ -18,12 +18,22 @@ from farm.families import DEFAULT_FAMILY, REGISTRY, get
 FINALIZE_QUEUE = "finalize"
 
 # Campaign priorities as broker priorities. The Redis transport keeps one list per step
-# (``queue``, ``queue<SEP>3`` ...) and pops the lowest step first, over every queue a worker
-# consumes: a high campaign's messages go before normal ones already queued; nothing running is
+# (``queue``, ``queue<SEP>1`` ...) and pops the lowest step first, over every queue a worker
+# consumes. Each priority has two steps: the lower for a tenant below its fair share when its
+# jobs were fed (they go before the queued jobs of tenants above theirs), the upper otherwise.
+# A high campaign's messages go before normal ones already queued; nothing running is
 # preempted. Unmarked messages (finalize, re-sends) are normal.
-PRIORITY_STEPS = [0, 3, 6, 9]
+PRIORITY_STEPS = [0, 1, 2, 3, 4, 5]
 PRIORITY_SEP = "\x06\x16"
-PRIORITY = {"high": 0, "normal": 3, "low": 6}
+RANKS = {"high": 0, "normal": 2, "low": 4}
+NORMAL = 3
+
+
+def level(priority: str | int | None, boosted: bool = False) -> int:
+    """The broker priority of a campaign's messages (an int is already one)."""
+    if isinstance(priority, int):
+        return priority
+    return RANKS.get(priority or "normal", RANKS["normal"]) + (0 if boosted else 1)
 
 
 def priority_lists(queue: str) -> list[str]:

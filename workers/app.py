@@ -22,7 +22,7 @@ def celery_config(settings: Settings) -> dict:
         # kombu stamps a delivery once and never refreshes it: a task running longer than this
         # is delivered again (celery#5935). Settings refuse a value below the hard time limit.
         "visibility_timeout": settings.visibility_timeout_s,
-        # Campaign priorities (fleet.PRIORITY); spelled out so they cannot drift from kombu's.
+        # Campaign priorities (fleet.level); spelled out so they cannot drift from kombu's.
         "priority_steps": fleet.PRIORITY_STEPS,
         "sep": fleet.PRIORITY_SEP,
     }
@@ -37,7 +37,7 @@ def celery_config(settings: Settings) -> dict:
         # takes). Flower lists these; a worker consumes only those of the families it serves.
         "task_queues": [Queue(q) for q in fleet.all_queues(settings.enabled_families)],
         "task_default_queue": fleet.FINALIZE_QUEUE,
-        "task_default_priority": fleet.PRIORITY["normal"],
+        "task_default_priority": fleet.NORMAL,
         "task_routes": (route,),
         # Ack after the task ran; a crashed or killed worker's task is delivered again.
         "task_acks_late": True,

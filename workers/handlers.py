@@ -113,7 +113,7 @@ def _send(ctx: WorkerContext, task: str, campaign_id: str, jobs: list[dict]) -> 
         task,
         kwargs=payload,
         task_id=message_id,
-        priority=fleet.PRIORITY.get(jobs[0].get("priority", "normal"), fleet.PRIORITY["normal"]),
+        priority=fleet.level(jobs[0].get("priority")),
         kwargsrepr=repr({"campaign_id": campaign_id, "jobs": [j["job_id"] for j in jobs]}),
     )
 

@@ -92,7 +92,7 @@ class Control:
             {"requeued": n, "present": m}
         """
         prefix = self.settings.s3_prefix
-        if self.records.campaign(campaign_id) is None:
+        if not self.redis.hexists(keys.campaign(campaign_id), "total"):
             # Redis lost everything: rebuild from the manifest; the feeder sends the jobs whose
             # images are missing and marks the others done.
             try:

@@ -172,7 +172,9 @@ class Feeding:
                     key=lambda i: (RANK.get(i.priority, 1), i.inflight, i.created_at),
                 )
                 room = max(target - inflight, share - per_tenant[tenant], 1)
-                n = self.feed_range(pick, min(quantum, room))
+                # Below its share, its messages go before those of tenants above theirs.
+                boosted = per_tenant[tenant] < share and len(per_tenant) > 1
+                n = self.feed_range(pick, min(quantum, room), boosted)
                 if not n:
                     pick.fed = pick.total  # someone else fed it to the end, or it was cancelled
                     continue
@@ -181,7 +183,7 @@ class Feeding:
                 fed += n
         return fed
 
-    def feed_range(self, item: Feedable, most: int) -> int:
+    def feed_range(self, item: Feedable, most: int, boosted: bool = False) -> int:
         """Claim the campaign's next ``most`` jobs and send them; returns how many."""
         start, stop = self._claim_script()(
             keys=[keys.campaign(item.campaign_id), keys.feeding(item.campaign_id)],
@@ -189,11 +191,13 @@ class Feeding:
         )
         if start < 0:
             return 0
-        self._send_range(item.campaign_id, item.tenant, int(start), int(stop))
+        self._send_range(item.campaign_id, item.tenant, int(start), int(stop), boosted)
         self.redis.hdel(keys.feeding(item.campaign_id), start)
         return int(stop) - int(start)
 
-    def _send_range(self, campaign_id: str, tenant: str, start: int, stop: int) -> None:
+    def _send_range(
+        self, campaign_id: str, tenant: str, start: int, stop: int, boosted: bool = False
+    ) -> None:
         """Record and enqueue jobs ``start`` to ``stop - 1`` (again, after a crash: the jobs
         that moved on are left alone)."""
         manifest = self.manifest(campaign_id, tenant)
@@ -222,7 +226,7 @@ class Feeding:
         states = self.records.states([j for j, _ in todo])
         todo = [p for p, state in zip(todo, states, strict=True) if state == JobState.QUEUED]
         ids = JobIds(campaign_id, manifest.total)
-        self._schedule(campaign_id, tenant, todo, ids, manifest.priority)
+        self._schedule(campaign_id, tenant, todo, ids, manifest.priority, boosted)
         if self.redis.hexists(keys.campaign(campaign_id), "cancelled"):
             # Cancelled while this range went out: its jobs never run.
             self.records.move_many(
@@ -289,7 +293,7 @@ class Feeding:
         rebuilt = []
         for key in self.objects.list_keys(f"{prefix}/_active/"):
             campaign_id = key.rsplit("/", 1)[1]
-            if self.records.campaign(campaign_id) is not None:
+            if self.redis.hexists(keys.campaign(campaign_id), "total"):
                 continue
             try:
                 tenant = self.objects.get(key).decode()
@@ -305,8 +309,11 @@ class Feeding:
         Returns how many images were found."""
         self.manifests.pop(campaign_id, None)
         manifest = self.manifest(campaign_id, tenant)
-        if not self.redis.hsetnx(keys.campaign(campaign_id), "tenant", tenant):
-            return 0  # another process (the feeder, a resume) is rebuilding it
+        if not self.redis.hsetnx(keys.campaign(campaign_id), "rebuilding", time.time()):
+            since = float(self.redis.hget(keys.campaign(campaign_id), "rebuilding") or 0)
+            if time.time() - since < 120:
+                return 0  # another process (the feeder, a resume) is rebuilding it
+            self.redis.hset(keys.campaign(campaign_id), "rebuilding", time.time())  # it died
         prefix = keys.campaign_prefix(manifest.prefix, tenant, campaign_id) + "/"
         present = set(self.objects.list_keys(prefix))
         found = 0
@@ -332,6 +339,7 @@ class Feeding:
             priority=manifest.priority,
             created_at=manifest.created_at,
         )
+        pipe.hdel(keys.campaign(campaign_id), "rebuilding")
         pipe.execute()
         return found
 

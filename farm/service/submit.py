@@ -188,10 +188,10 @@ class Submitting:
         tenant: str,
         spec: JobSpec,
         ids: list[str] | None = None,
-        priority: str = "normal",
+        priority: int = fleet.NORMAL,
     ) -> dict:
         """One job of a message: its id, spec, where its image goes and where its inputs are
-        (and its campaign's priority, which the prior gives the decoder message it sends)."""
+        (and its broker priority, which the prior gives the decoder message it sends)."""
         prefix = self.settings.s3_prefix
         inputs = {ref: keys.input_object(prefix, tenant, ref) for ref in spec.input_refs()}
         parents = spec.parent_indexes()
@@ -204,7 +204,7 @@ class Submitting:
             "key": keys.image_object(prefix, tenant, campaign_id, job_id),
             "inputs": inputs,
         }
-        if priority != "normal":
+        if priority != fleet.NORMAL:
             job["priority"] = priority
         return job
 
@@ -215,8 +215,11 @@ class Submitting:
         jobs: list[tuple[str, JobSpec]],
         ids: list[str],
         priority: str = "normal",
+        boosted: bool = False,
     ) -> None:
-        """Enqueue the jobs that can run now; hold chained jobs until the jobs they read are done."""
+        """Enqueue the jobs that can run now; hold chained jobs until the jobs they read are done.
+        ``boosted``: the tenant was below its fair share when these were fed (``fleet.level``)."""
+        priority = fleet.level(priority, boosted)
         ready, held = [], []
         for job_id, spec in jobs:
             (held if spec.parent_indexes() else ready).append((job_id, spec))
@@ -263,7 +266,7 @@ class Submitting:
         tenant: str,
         pairs: list[tuple[str, JobSpec]],
         ids: list[str],
-        priority: str = "normal",
+        priority: int = fleet.NORMAL,
     ) -> None:
         """Publish the jobs as messages of up to ``batch_max`` compatible jobs each (one pipeline
         call renders a message's jobs together), pipelined: one Redis round trip per 1,000."""
@@ -300,7 +303,7 @@ class Submitting:
                             task,
                             kwargs=payload,
                             task_id=message_id,
-                            priority=fleet.PRIORITY[priority],
+                            priority=priority,
                             producer=producer,
                             declare=[],  # declared above, once; per message it is a round trip
                             # The job records are the results; a result subscription per

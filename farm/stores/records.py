@@ -28,6 +28,9 @@ TERMINAL = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {0, '', 0} end
+-- A job of a campaign Redis no longer knows (lost, not rebuilt yet) stays put: moving it would
+-- recreate half a campaign, which would then hide the loss from the feeder.
+if redis.call('HEXISTS', KEYS[3], 'total') == 0 then return {0, cur, 0} end
 local ok = false
 for s in string.gmatch(ARGV[3], '[^,]+') do if s == cur then ok = true end end
 if not ok then return {0, cur, 0} end

@@ -22,12 +22,19 @@ from farm.errors import (
     FarmError,
     InvalidJob,
     NotFound,
+    QuotaExceeded,
     ServiceUnavailable,
     Unauthorized,
 )
 from farm.progress import wait_for_campaign
 
-ERRORS = {401: Unauthorized, 404: NotFound, 409: Conflict, 503: ServiceUnavailable}
+ERRORS = {
+    401: Unauthorized,
+    404: NotFound,
+    409: Conflict,
+    429: QuotaExceeded,
+    503: ServiceUnavailable,
+}
 
 
 class Client:

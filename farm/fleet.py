@@ -180,14 +180,20 @@ def fleet(client, families) -> dict:
     workers = live_workers(client)
     names = all_queues(families)
     waiting = depths(client, names)
+    pipe = client.pipeline(transaction=False)
+    for q in names:
+        pipe.llen(keys.backlog_list(q))
+    backlog = pipe.execute()
     return {
         "queues": [
             {
                 "name": q,
                 "depth": int(depth),
+                # Queued plus not fed yet, in messages (the feeder publishes it for KEDA).
+                "backlog": int(behind),
                 "workers": [w["node"] for w in workers if q in w["serves"]],
             }
-            for q, depth in zip(names, waiting, strict=True)
+            for q, depth, behind in zip(names, waiting, backlog, strict=True)
         ],
         "workers": workers,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
@@ -285,3 +286,38 @@ def test_status_json_has_api_url_and_token(stack):
     assert status["api_url"].startswith("http://127.0.0.1:") and status["token"].startswith(
         "alice-"
     )
+
+
+def test_a_big_grid_waits_in_s3_pages_lazily_and_cancels_whole(alice, redis_client):
+    """Jobs not fed yet have no record: they page as queued, with their specs from the
+    manifest, and a cancel ends them all at once."""
+    handle = alice.submit_campaign(
+        grid={"prompts": ["lazy"], "seeds": list(range(3000))},
+        defaults={"height": 64, "width": 64, "num_inference_steps": 2},
+    )
+    assert handle.job_count == 3000
+    fed = int(redis_client.hget(f"farm:campaign:{handle.id}", "fed"))
+    assert 0 < fed < 3000  # a few in flight, the rest in S3
+    cursor = base64.urlsafe_b64encode(b"2500").decode().rstrip("=")
+    page = alice.request(
+        "GET", f"/v1/campaigns/{handle.id}/jobs", params={"cursor": cursor, "limit": 3}
+    )
+    assert [j["job_id"] for j in page["jobs"]] == [f"{handle.id}-{i}" for i in (2500, 2501, 2502)]
+    assert [j["seed"] for j in page["jobs"]] == [2500, 2501, 2502]
+    assert {j["state"] for j in page["jobs"]} == {"queued"}
+    alice.request("DELETE", f"/v1/campaigns/{handle.id}")
+    status = handle.wait(timeout=60)
+    assert status["state"] == "cancelled" and status["counts"]["cancelled"] >= 3000 - fed - 64
+    assert sum(status["counts"].values()) == 3000
+
+
+def test_a_tenant_beyond_its_queued_quota_gets_429_and_nothing_is_written(farm, redis_client):
+    from farm.errors import QuotaExceeded
+    from farm.service import Farm
+
+    small = Farm(farm.settings.model_copy(update={"tenant_max_queued": 10}))
+    before = redis_client.zcard("farm:tenant:quota-test:campaigns")
+    with pytest.raises(QuotaExceeded) as e:
+        small.submit_campaign({"grid": {"prompts": ["q"], "seeds": 11}}, tenant="quota-test")
+    assert e.value.http_status == 429 and "at most 10" in str(e.value)
+    assert redis_client.zcard("farm:tenant:quota-test:campaigns") == before == 0

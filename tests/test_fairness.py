@@ -29,6 +29,13 @@ def test_a_small_campaign_is_not_starved_by_another_tenants_big_one(alice, bob, 
         time.sleep(0.05)
     # The big campaign waits in S3: Redis holds what is in flight, not 5,000 job records.
     assert len(list(redis_client.scan_iter(match="farm:job:*", count=1000))) < 300
+    # Its backlog is published where an autoscaler reads it (KEDA's redis scaler: LLEN).
+    backlog = "farm:backlog:prior.kandinsky-2.2"
+    deadline = time.monotonic() + 10
+    while redis_client.llen(backlog) < 10 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert redis_client.llen(backlog) >= 10
+    assert any(q["backlog"] >= 10 for q in alice.fleet()["queues"])
     shared = _run(bob, **small)
     counts = big.status()["counts"]
     alice.request("DELETE", f"/v1/campaigns/{big.id}")

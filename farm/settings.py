@@ -105,7 +105,7 @@ class Settings(BaseSettings):
         ge=0,
         le=100_000,
         description="Jobs in flight (fed, not finished) per family; 0: twice what its decoders "
-        "render at once. The rest of every campaign waits in S3, not in Redis.",
+        "hold (a message of 4 renders each). The rest of every campaign waits in S3, not Redis.",
     )
     batch_wait_ms: int = Field(
         0,

@@ -1,8 +1,9 @@
 """Feeding: campaigns wait in S3; the queues hold what the workers are about to take.
 
 A campaign's jobs are fed to the queues in ranges as its family drains: each family keeps about
-``feed_depth`` jobs in flight (fed and not finished; by default twice what its decoders render
-at once). Which campaign feeds next is a fair choice, per family:
+``feed_depth`` jobs in flight (fed and not finished; by default twice what its decoders hold,
+one message of four renders per decoder process). Which campaign feeds next is a fair choice,
+per family:
 
 - across tenants: the tenant with the fewest in-flight jobs for its weight, and a tenant below
   its share (the family's depth over its active tenants) is fed even when the family is full,
@@ -133,11 +134,12 @@ class Feeding:
         )
 
     def target_depth(self, family: str) -> int:
-        """Jobs a family keeps in flight: the setting, or twice what its decoders render at once."""
+        """Jobs a family keeps in flight: the setting, or twice what its decoders can hold (a
+        message of ``RENDERS_PER_MESSAGE`` renders each), so none waits for its next message."""
         if self.settings.feed_depth:
             return self.settings.feed_depth
         slots = fleet.render_slots(self.redis, get(family).queue("decoder"))
-        return 2 * max(slots, 1) * self.settings.batch_max
+        return 2 * max(slots, 1) * self.settings.batch_max * RENDERS_PER_MESSAGE
 
     # -- choose and feed ---------------------------------------------------------------------
 
@@ -172,6 +174,8 @@ class Feeding:
                     key=lambda i: (RANK.get(i.priority, 1), i.inflight, i.created_at),
                 )
                 room = max(target - inflight, share - per_tenant[tenant], 1)
+                if room < self.settings.batch_max and pick.total - pick.fed > room:
+                    break  # not a render's worth of room: wait, rather than send crumbs
                 # Below its share, its messages go before those of tenants above theirs.
                 boosted = per_tenant[tenant] < share and len(per_tenant) > 1
                 n = self.feed_range(pick, min(quantum, room), boosted)

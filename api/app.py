@@ -144,6 +144,16 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
         resident parts, memory)."""
         return get_farm().fleet()
 
+    @app.get("/v1/webhook-secret")
+    def webhook_secret(tenant: Tenant) -> dict:
+        """The secret this tenant's webhooks are signed with (HMAC-SHA256; see the README)."""
+        from farm.webhooks import tenant_secret
+
+        secret = get_farm().settings.webhook_secret
+        if secret is None:
+            raise ServiceUnavailable("webhooks are not configured (FARM_WEBHOOK_SECRET)")
+        return {"tenant": tenant, "secret": tenant_secret(secret.get_secret_value(), tenant)}
+
     @app.get("/v1/usage")
     def usage(tenant: Tenant) -> dict:
         """What the tenant's campaigns used: images, compute seconds per stage and family, and

@@ -106,6 +106,7 @@ class Client:
         defaults: dict | None = None,
         name: str | None = None,
         priority: str | None = None,
+        callback_url: str | None = None,
         idempotency_key: str | None = None,
     ) -> CampaignHandle:
         """Submit a list of jobs or a grid. Seeds left unset are drawn server-side and recorded.
@@ -115,6 +116,8 @@ class Client:
             body["name"] = name
         if priority:
             body["priority"] = priority
+        if callback_url:
+            body["callback_url"] = callback_url
         if jobs is not None:
             body["jobs"] = jobs
         if grid is not None:
@@ -161,6 +164,10 @@ class Client:
     def fleet(self) -> dict:
         """Every queue (depth, the workers serving it) and every live worker."""
         return self.request("GET", "/v1/fleet")
+
+    def webhook_secret(self) -> str:
+        """The secret this tenant's webhooks are signed with (``farm.webhooks.verify``)."""
+        return self.request("GET", "/v1/webhook-secret")["secret"]
 
     def usage(self) -> dict:
         """What this tenant's campaigns used: images, compute seconds, estimated cost."""

@@ -64,7 +64,7 @@ def job_queue(task_name: str, model: str) -> str:
 
 def route(task_name: str, kwargs: dict | None) -> str:
     """The queue for any farm message (a Celery router calls this)."""
-    if task_name == keys.FINALIZE_TASK:
+    if task_name in (keys.FINALIZE_TASK, keys.WEBHOOK_TASK):
         return FINALIZE_QUEUE
     kwargs = kwargs or {}
     jobs = kwargs.get("jobs") or [kwargs]

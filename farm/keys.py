@@ -5,6 +5,7 @@ from __future__ import annotations
 PREFIX = "farm:"
 PRIOR_TASK = "farm.prior"
 DECODER_TASK = "farm.decoder"
+WEBHOOK_TASK = "farm.webhook"
 FINALIZE_TASK = "farm.finalize"
 DEFAULT_TENANT = "default"
 
@@ -105,6 +106,16 @@ def campaign(campaign_id: str) -> str:
 def campaign_usage(campaign_id: str) -> str:
     """Hash: ``images`` and compute seconds per ``<stage>.<family>.<cpu|gpu>``."""
     return f"{PREFIX}campaign:{campaign_id}:usage"
+
+
+def webhook_log(campaign_id: str) -> str:
+    """List: the campaign's webhook delivery attempts (JSON each)."""
+    return f"{PREFIX}campaign:{campaign_id}:webhook"
+
+
+def webhook_claim(campaign_id: str, state: str, finished_at: str) -> str:
+    """String: set once per end of a campaign, so each end is delivered once."""
+    return f"{PREFIX}campaign:{campaign_id}:webhook:{state}:{finished_at}"
 
 
 def campaign_counts(campaign_id: str) -> str:

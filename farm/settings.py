@@ -107,6 +107,19 @@ class Settings(BaseSettings):
         description="Jobs in flight (fed, not finished) per family; 0: twice what its decoders "
         "hold (a message of 4 renders each). The rest of every campaign waits in S3, not Redis.",
     )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="Farm secret each tenant's webhook signing secret derives from. Unset with "
+        "`farm up`: generated.",
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Allow callback URLs that resolve to loopback, link-local or private "
+        "addresses (a farm must not be a way into its own network).",
+    )
+    webhook_max_attempts: int = Field(
+        8, ge=1, le=20, description="Deliveries tried per webhook (backoff 1, 2, 4 ... s)."
+    )
     batch_wait_ms: int = Field(
         0,
         ge=0,

@@ -56,6 +56,8 @@ def settings(valkey, seaweed, tmp_path_factory) -> Settings:
         api_port=0,
         flower_port=0,
         torch_threads=THREADS,
+        # The webhook tests' receiver listens on 127.0.0.1.
+        webhook_allow_private=True,
         **seaweed,
     )
 

@@ -70,3 +70,15 @@ def register(app: Celery) -> None:
     @app.task(name=keys.FINALIZE_TASK, bind=True, **RETRY)
     def finalize(self, campaign_id: str) -> dict:
         return _run(self, "finalize", campaign_id=campaign_id)
+
+    @app.task(name=keys.WEBHOOK_TASK, bind=True)
+    def webhook(self, campaign_id: str, url: str, body: str, delivery_id: str) -> dict:
+        from workers import handlers
+
+        ctx = context.current()
+        attempt = self.request.retries + 1
+        done, outcome = handlers.webhook(ctx, campaign_id, url, body, delivery_id, attempt)
+        if not done and attempt < ctx.settings.webhook_max_attempts:
+            # Exponential backoff: 1, 2, 4 ... s, at most five minutes between tries.
+            raise self.retry(countdown=min(2 ** (attempt - 1), 300), max_retries=None)
+        return {"delivery_id": delivery_id, "attempts": attempt, "outcome": outcome}

@@ -46,6 +46,8 @@ class CampaignSpec(BaseModel):
     # Orders feeding against the tenant's other campaigns (and everyone's) in the same queues;
     # a running job is never preempted.
     priority: Literal["high", "normal", "low"] = "normal"
+    # POSTed a signed summary when the campaign ends (farm.webhooks); checked at submission.
+    callback_url: str | None = Field(None, max_length=2000)
 
     @classmethod
     def parse(cls, data: Any) -> CampaignSpec:
@@ -60,7 +62,7 @@ class CampaignSpec(BaseModel):
             name = field_path(err["loc"]) or "campaign"
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
-                msg = "unknown field (allowed: name, jobs, grid, defaults, priority)"
+                msg = "unknown field (allowed: name, jobs, grid, defaults, priority, callback_url)"
             raise InvalidJob(name, msg) from None
 
     def expand(self) -> list[JobSpec]:

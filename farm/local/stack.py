@@ -207,6 +207,9 @@ class Stack:
                 s3_endpoint=state["s3_endpoint"], s3_access_key=access, s3_secret_key=secret
             )
         state["bucket"] = s.s3_bucket
+        if not s.webhook_secret:
+            # Tenants' webhook secrets derive from it (GET /v1/webhook-secret gives each its own).
+            update["webhook_secret"] = secrets.token_urlsafe(32)
         # Written now so that a crash while starting workers still leaves the servers findable.
         state["processes"] = [p.to_dict() for p in started]
         self._write_state(state)

@@ -342,6 +342,7 @@ class Feeding:
             name=manifest.spec.get("name"),
             priority=manifest.priority,
             created_at=manifest.created_at,
+            callback_url=manifest.spec.get("callback_url"),
         )
         pipe.hdel(keys.campaign(campaign_id), "rebuilding")
         pipe.execute()

@@ -61,6 +61,10 @@ class Submitting:
             total, seeds = len(specs), None
         check_enabled(specs, self.settings.enabled_families)
         check_inputs(specs, self._input_meta(tenant))
+        if campaign.callback_url:
+            from farm.webhooks import check_url
+
+            check_url(campaign.callback_url, self.settings.webhook_allow_private)
         self._check_quota(tenant, total)
         campaign_id = new_id()
         if idempotency_key:
@@ -179,6 +183,7 @@ class Submitting:
             name=campaign.name,
             priority=campaign.priority,
             created_at=manifest.created_at,
+            callback_url=campaign.callback_url,
         )
 
     def _message(

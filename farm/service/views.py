@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 
 from farm import fleet, keys
@@ -69,7 +70,14 @@ class Views:
             "started_at": started,
             "finished_at": finished,
             "usage": self._usage([campaign_id]),
+            "webhook": self._webhook(campaign_id, info),
         }
+
+    def _webhook(self, campaign_id: str, info: dict) -> dict | None:
+        if not info.get("callback_url"):
+            return None
+        log = self.redis.lrange(keys.webhook_log(campaign_id), -20, -1)
+        return {"url": info["callback_url"], "deliveries": [json.loads(x) for x in log]}
 
     def _usage(self, campaign_ids: list[str]) -> dict:
         from farm.domain.usage import summary

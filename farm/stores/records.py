@@ -102,6 +102,7 @@ class RecordStore:
         name: str | None = None,
         priority: str = "normal",
         created_at: float | None = None,
+        callback_url: str | None = None,
     ) -> None:
         """Record a campaign: its header, its counts (every job queued) and its place in the
         feeder's list. No job is recorded here: a job's record is made when it is fed."""
@@ -119,6 +120,7 @@ class RecordStore:
                     "priority": priority,
                     "family": families[0],
                     "fed": 0,
+                    "callback_url": callback_url or "",
                 },
             )
             pipe.hset(counts, mapping={s.value: 0 for s in JobState} | {"queued": total})

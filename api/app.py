@@ -7,12 +7,13 @@ Redis, S3, a model or the configuration cannot serve. Bad input never gives a 50
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
@@ -219,6 +220,30 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
     @app.get("/v1/campaigns/{campaign_id}")
     def campaign_status(campaign_id: str, tenant: Tenant) -> dict:
         return get_farm().status(campaign_id, tenant=tenant)
+
+    @app.get("/v1/campaigns/{campaign_id}/jobs.jsonl")
+    def campaign_jobs_stream(
+        campaign_id: str, tenant: Tenant, state: JobState | None = None
+    ) -> StreamingResponse:
+        """Every job (or every job in one state) as JSON lines, streamed a page at a time."""
+        farm = get_farm()
+        farm.status(campaign_id, tenant=tenant)  # 404 before the stream starts
+        lines = (
+            json.dumps(job, ensure_ascii=False) + "\n"
+            for job in farm.iter_jobs(campaign_id, tenant=tenant, state=state)
+        )
+        return StreamingResponse(lines, media_type="application/x-ndjson")
+
+    @app.get("/v1/campaigns/{campaign_id}/manifest.jsonl")
+    def campaign_manifest_stream(campaign_id: str, tenant: Tenant) -> StreamingResponse:
+        """The campaign's jobs as submitted (index, job id, spec, image key), JSON lines."""
+        farm = get_farm()
+        farm.status(campaign_id, tenant=tenant)
+        lines = (
+            json.dumps(job, ensure_ascii=False) + "\n"
+            for job in farm.iter_manifest(campaign_id, tenant=tenant)
+        )
+        return StreamingResponse(lines, media_type="application/x-ndjson")
 
     @app.get("/v1/campaigns/{campaign_id}/jobs")
     def campaign_jobs(

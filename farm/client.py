@@ -213,6 +213,22 @@ class CampaignHandle:
             if not cursor:
                 return
 
+    def stream(self, what: str = "jobs", state: str | None = None) -> Iterator[dict]:
+        """``jobs`` (results) or ``manifest`` as one streamed response of JSON lines: a
+        million jobs are read line by line, never held whole."""
+        import json
+
+        params = {"state": state} if state and what == "jobs" else {}
+        path = f"/v1/campaigns/{self.id}/{what}.jsonl"
+        with self.client.http.stream("GET", path, params=params) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                self.client.request("GET", f"/v1/campaigns/{self.id}")  # raises the typed error
+                resp.raise_for_status()
+            for line in resp.iter_lines():
+                if line:
+                    yield json.loads(line)
+
     def wait(
         self, timeout: float | None = None, *, progress: bool = False, poll_s: float = 0.5
     ) -> dict:

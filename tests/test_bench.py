@@ -48,3 +48,21 @@ def test_farm_bench_runs_baseline_farm_baseline(tmp_path):
     assert farm["images_per_s"] > 0 and farm["latency_p50_ms"] > 0 and 0 < farm["batch_fill"] <= 1
     assert "| images/s |" in res.stdout
     assert not (tmp_path / "unused" / "stack.json").exists()  # its own stack, stopped
+
+
+@pytest.mark.slow
+def test_a_million_job_grid_is_accepted_without_growing_redis_or_the_api(tmp_path):
+    """Issue 10's acceptance, measured by the bench in the repo (its own servers and API)."""
+    out = tmp_path / "million.json"
+    subprocess.run(
+        [sys.executable, "bench/million.py", "--json", str(out)],
+        check=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    r = json.loads(out.read_text())
+    assert r["jobs"] == 1_000_000 and r["accept_s"] <= 60
+    assert r["redis_bytes_per_job"] <= 200 and r["api_peak_rss_growth_mib"] <= 200
+    assert r["status_ms_p50"] <= 50
+    assert r["ten_million_status"] == 422 and r["ten_million_refused_s"] <= 1
+    assert r["ten_million_rss_growth_mib"] <= 5

@@ -138,6 +138,35 @@ class Views:
         more = index < end
         return items, (_encode_cursor(index) if more else None)
 
+    def iter_jobs(
+        self, campaign_id: str, *, tenant: str = keys.DEFAULT_TENANT, state: JobState | None = None
+    ):
+        """Every job (or every job in ``state``), a page at a time: for streaming JSON lines."""
+        cursor = None
+        while True:
+            items, cursor = self.jobs_page(
+                campaign_id, tenant=tenant, state=state, cursor=cursor, limit=1000
+            )
+            yield from items
+            if not cursor:
+                return
+
+    def iter_manifest(self, campaign_id: str, *, tenant: str = keys.DEFAULT_TENANT):
+        """The campaign's manifest as jobs (index, id, spec, image key), computed a chunk at a
+        time from the header in S3: a million-job grid streams without being built."""
+        self._info(campaign_id, tenant)
+        manifest = self.manifest(campaign_id, tenant)
+        for start in range(0, manifest.total, 1000):
+            stop = min(start + 1000, manifest.total)
+            specs = manifest.jobs(start, stop, lambda n: self._chunk(manifest, n))
+            for i, spec in zip(range(start, stop), specs, strict=True):
+                yield {
+                    "index": i,
+                    "job_id": manifest.job_id(i),
+                    "spec": spec.to_dict(),
+                    "key": manifest.key(i),
+                }
+
     def _unfed_view(self, campaign_id: str, tenant: str, index: int, state: JobState) -> dict:
         manifest = self.manifest(campaign_id, tenant)
         spec = manifest.jobs(index, index + 1, lambda n: self._chunk(manifest, n))[0]

@@ -1,0 +1,98 @@
+"""The feeder against a real Valkey and S3, with no workers (an isolated Redis database)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+
+from farm import fleet, keys
+from farm.service import Farm
+
+TINY = {"height": 64, "width": 64, "num_inference_steps": 2, "prior_num_inference_steps": 2}
+
+
+def _farm(settings, **update) -> Farm:
+    # Database 7: no worker of the session consumes it, so fed messages stay to be counted.
+    url = settings.redis_url.rsplit("/", 1)[0] + "/7"
+    farm = Farm(settings.model_copy(update={"redis_url": url, **update}))
+    farm.redis.flushdb()
+    return farm
+
+
+def _queued_job_ids(farm: Farm, queue: str) -> list[str]:
+    ids = []
+    for name in fleet.priority_lists(queue):
+        for raw in farm.redis.lrange(name, 0, -1):
+            body = json.loads(raw)
+            kwargs = json.loads(base64.b64decode(body["body"]))[1]
+            ids += [j["job_id"] for j in kwargs["jobs"]]
+    return ids
+
+
+def test_two_feeders_at_once_feed_every_job_once(settings):
+    # Depth 1 at submission: nothing is fed yet (less than a render's worth of room).
+    sub = _farm(settings, feed_depth=1).submit_campaign(
+        {"grid": {"prompts": ["twice"], "seeds": 600}, "defaults": TINY}
+    )
+    first = Farm(
+        settings.model_copy(
+            update={"redis_url": settings.redis_url.rsplit("/", 1)[0] + "/7", "feed_depth": 10_000}
+        )
+    )
+    second = Farm(first.settings)
+    assert first.redis.hget(keys.campaign(sub.campaign_id), "fed") == b"0"
+    go = threading.Barrier(2)
+
+    def feed(farm):
+        go.wait()
+        while farm.feed_once():
+            pass
+
+    threads = [threading.Thread(target=feed, args=(f,)) for f in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = _queued_job_ids(first, "prior.kandinsky-2.2")
+    assert sorted(ids) == sorted(f"{sub.campaign_id}-{i}" for i in range(600))
+    info = first.records.campaign(sub.campaign_id)
+    assert int(info["fed"]) == 600 and info["counts"]["queued"] == 600
+    first.redis.flushdb()
+
+
+def test_the_feeder_keeps_a_family_at_its_depth_and_feeds_a_high_campaign_first(settings):
+    farm = _farm(settings, feed_depth=40)
+    normal = farm.submit_campaign({"grid": {"prompts": ["n"], "seeds": 500}, "defaults": TINY})
+    assert int(farm.redis.hget(keys.campaign(normal.campaign_id), "fed")) == 40
+    high = farm.submit_campaign(
+        {"grid": {"prompts": ["h"], "seeds": 5}, "defaults": TINY, "priority": "high"}
+    )
+    assert farm.redis.hget(keys.campaign(high.campaign_id), "fed") == b"0"  # family full
+    # Ten normal jobs finish: the room goes to the high campaign, not the normal one.
+    ids = [f"{normal.campaign_id}-{i}" for i in range(10)]
+    from farm.domain.jobs import JobState
+
+    farm.records.move_many(normal.campaign_id, ids, JobState.DONE, (JobState.QUEUED,))
+    farm.feed_once()
+    assert farm.redis.hget(keys.campaign(high.campaign_id), "fed") == b"5"
+    assert int(farm.redis.hget(keys.campaign(normal.campaign_id), "fed")) == 40
+    farm.redis.flushdb()
+
+
+def test_a_range_claimed_by_a_feeder_that_died_is_sent_again(settings):
+    farm = _farm(settings, feed_depth=10_000)
+    sub = farm.submit_campaign({"grid": {"prompts": ["lost"], "seeds": 50}, "defaults": TINY})
+    # A feeder claimed 50..59 and died before sending them (the claim is all that happened).
+    farm.redis.hset(keys.campaign(sub.campaign_id), "fed", 50)
+    cid = sub.campaign_id
+    farm.redis.delete(keys.feeding(cid))
+    farm.redis.hset(keys.feeding(cid), 40, "50:0")
+    for i in range(40, 50):
+        farm.redis.delete(keys.job(f"{cid}-{i}"))
+    for name in fleet.priority_lists("prior.kandinsky-2.2"):
+        farm.redis.delete(name)
+    assert farm.refeed_stale() == 10
+    ids = _queued_job_ids(farm, "prior.kandinsky-2.2")
+    assert sorted(ids) == sorted(f"{cid}-{i}" for i in range(40, 50))
+    farm.redis.flushdb()

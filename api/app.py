@@ -22,6 +22,15 @@ from farm.domain.jobs import JobState, field_path
 from farm.errors import Conflict, FarmError, InvalidJob, NotFound, ServiceUnavailable, Unauthorized
 from farm.settings import Settings
 
+
+class ErrorResponse(JSONResponse):
+    """Error bodies are ASCII JSON: they quote the sender's input, which may hold characters
+    that UTF-8 cannot encode (a lone surrogate), and an error must never become a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 STATUS = {InvalidJob: 422, NotFound: 404, Unauthorized: 401, Conflict: 409, ServiceUnavailable: 503}
 
 
@@ -79,11 +88,11 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
         if isinstance(exc, InvalidJob):
             body["detail"] = [exc.to_dict()]
         headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
-        return JSONResponse(body, status_code=code, headers=headers)
+        return ErrorResponse(body, status_code=code, headers=headers)
 
     async def _unavailable(request: Request, exc: Exception):
         # A store error that escaped the service's own mapping is still an outage, not a bug.
-        return JSONResponse(
+        return ErrorResponse(
             {"error": "ServiceUnavailable", "message": f"{type(exc).__name__}: {exc}"},
             status_code=503,
         )
@@ -100,7 +109,7 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
             {"field": field_path(e["loc"]) or "body", "message": e["msg"]} for e in exc.errors()
         ]
         first = detail[0] if detail else {"field": "body", "message": "invalid"}
-        return JSONResponse(
+        return ErrorResponse(
             {
                 "error": "InvalidJob",
                 "message": f"{first['field']}: {first['message']}",

@@ -176,6 +176,13 @@ def usage_line(u: dict) -> str:
     return f"usage: {u['images']} images; compute {stages or '0 s'}{cost}"
 
 
+def cmd_limits(settings: Settings, args) -> int:
+    from farm.families import markdown_limits
+
+    print(markdown_limits())
+    return 0
+
+
 def cmd_feeder(settings: Settings, args) -> int:
     from farm import feeder
 
@@ -389,6 +396,7 @@ def parser() -> argparse.ArgumentParser:
     w = sub.add_parser("watch", help="live progress of a campaign")
     w.add_argument("id")
     w.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    sub.add_parser("limits", help="every limit a job is checked against (markdown)")
     sub.add_parser("feeder", help="feed the queues from the campaigns in S3 (farm up runs one)")
     us = sub.add_parser("usage", help="what your campaigns used: images, compute, cost")
     us.add_argument("--json", action="store_true")
@@ -447,6 +455,7 @@ COMMANDS = {
     "ls": cmd_ls,
     "usage": cmd_usage,
     "feeder": cmd_feeder,
+    "limits": cmd_limits,
     "results": cmd_results,
     "cancel": cmd_cancel,
     "resume": cmd_resume,

@@ -163,3 +163,12 @@ def test_hub_ids_live_in_one_file_each():
         for part in family.parts:
             holders = [p.relative_to(root) for p, t in texts.items() if f'"{part.hub_id}"' in t]
             assert len(holders) == 1, (part.hub_id, holders)
+
+
+def test_readme_lists_every_limit():
+    from pathlib import Path
+
+    from farm.families import markdown_limits
+
+    readme = Path(__file__).resolve().parent.parent.joinpath("README.md").read_text()
+    assert markdown_limits() in readme, "README limits are stale: paste `farm limits`"

@@ -51,6 +51,9 @@ class CampaignSpec(BaseModel):
 
     @classmethod
     def parse(cls, data: Any) -> CampaignSpec:
+        bad = _bad_text(data.model_dump() if isinstance(data, CampaignSpec) else data, "")
+        if bad is not None:
+            raise InvalidJob(bad or "campaign", "is not valid Unicode text (a lone surrogate)")
         if isinstance(data, CampaignSpec):
             return data
         if not isinstance(data, dict):
@@ -210,6 +213,31 @@ def plan_grid(campaign: CampaignSpec) -> tuple[int, list[int], list[JobSpec]]:
             )
         out.append(spec)
     return total, seeds, out
+
+
+def _bad_text(value: Any, path: str) -> str | None:
+    """The path of the first string (or key) that cannot be encoded as UTF-8, else None: JSON
+    allows lone surrogates, and they would fail later, in Redis, S3 or a response."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if _bad_text(key, "") is not None:
+                return path or "campaign"
+            found = _bad_text(item, where)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            found = _bad_text(item, f"{path}[{n}]")
+            if found is not None:
+                return found
+    return None
 
 
 def _seed_count(grid: Grid) -> int:

@@ -124,6 +124,12 @@ class JobSpec(BaseModel):
                 raise ValueError(
                     f"{name}|must be a multiple of {limits.size_multiple} for {self.model} (got {value})"
                 )
+        if self.prior_num_inference_steps < limits.min_prior_steps:
+            # diffusers' UnCLIP scheduler divides by (steps - 1): one step always fails.
+            raise ValueError(
+                f"prior_num_inference_steps|must be at least {limits.min_prior_steps} for "
+                f"{self.model} (got {self.prior_num_inference_steps})"
+            )
         for name, most in (
             ("num_inference_steps", limits.max_steps),
             ("prior_num_inference_steps", limits.max_prior_steps),
@@ -239,6 +245,14 @@ class JobState(enum.StrEnum):
 def new_id() -> str:
     """A job or campaign id: short, URL- and S3-safe, sortable enough to read."""
     return uuid.uuid4().hex
+
+
+def is_id(value: str) -> bool:
+    """Whether ``value`` can be a campaign id (checked before it touches Redis or S3: an id is
+    part of keys and object paths, so ``..`` or ``a/b`` must never reach them)."""
+    return (
+        isinstance(value, str) and len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+    )
 
 
 @dataclass(frozen=True)

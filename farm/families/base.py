@@ -79,6 +79,9 @@ class Limits:
     max_side: int = 2048
     max_steps: int = 500
     max_prior_steps: int = 200
+    # Families with an UnCLIP prior (Kandinsky 2.x, combined pipelines too): diffusers' UnCLIP
+    # scheduler divides by (steps - 1), so one prior step always fails. 0: no prior steps.
+    min_prior_steps: int = 2
 
 
 # A family-specific rule: returns (field, message) when a job breaks it.

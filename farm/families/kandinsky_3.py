@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from farm.families import tiny
-from farm.families.base import Family, Part, Pipe, Task
+from farm.families.base import Family, Limits, Part, Pipe, Task
 
 MODEL = Part(
     name="kandinsky3",
@@ -18,6 +18,7 @@ MODEL = Part(
 )
 
 FAMILY = Family(
+    limits=Limits(min_prior_steps=0),  # no prior
     name="kandinsky-3",
     title="Kandinsky 3",
     parts=(MODEL,),

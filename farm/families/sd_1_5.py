@@ -25,7 +25,7 @@ FAMILY = Family(
         "text2img": Task(decoder=Pipe("sd15", "StableDiffusionPipeline")),
         "img2img": Task(decoder=Pipe("sd15", "StableDiffusionImg2ImgPipeline")),
     },
-    limits=Limits(size_multiple=8),  # the SD VAE downsamples by 8
+    limits=Limits(size_multiple=8, min_prior_steps=0),  # the SD VAE downsamples by 8
     defaults={
         "*": {"guidance_scale": 7.5, "num_inference_steps": 50, "height": 512, "width": 512},
         "img2img": {"strength": 0.8},

@@ -22,7 +22,7 @@ FAMILY = Family(
     title="SDXL refiner",
     parts=(MODEL,),
     tasks={"img2img": Task(decoder=Pipe("refiner", "AutoPipelineForImage2Image"))},
-    limits=Limits(size_multiple=8),
+    limits=Limits(size_multiple=8, min_prior_steps=0),
     defaults={
         "*": {"guidance_scale": 5.0, "num_inference_steps": 50, "height": 1024, "width": 1024}
     },

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from farm import keys
-from farm.domain.jobs import JobState
+from farm.domain.jobs import JobState, is_id
 from farm.domain.manifest import JobIds
 from farm.errors import NotFound
 from farm.stores.records import ACTIVE
@@ -92,6 +92,8 @@ class Control:
             {"requeued": n, "present": m}
         """
         prefix = self.settings.s3_prefix
+        if not is_id(campaign_id):
+            raise NotFound("unknown campaign: not a campaign id (32 hex digits)")
         if not self.redis.hexists(keys.campaign(campaign_id), "total"):
             # Redis lost everything: rebuild from the manifest; the feeder sends the jobs whose
             # images are missing and marks the others done.

@@ -7,7 +7,7 @@ import json
 import time
 
 from farm import fleet, keys
-from farm.domain.jobs import JobRecord, JobState
+from farm.domain.jobs import JobRecord, JobState, is_id
 from farm.domain.manifest import JobIds
 from farm.errors import InvalidJob, NotFound
 from farm.service.handle import Campaign
@@ -23,6 +23,8 @@ class Views:
         return Campaign(self, campaign_id, JobIds(campaign_id, int(info["total"])), tenant)
 
     def _info(self, campaign_id: str, tenant: str) -> dict:
+        if not is_id(campaign_id):
+            raise NotFound("unknown campaign: not a campaign id (32 hex digits)")
         info = self.records.campaign(campaign_id)
         if info is None or info.get("tenant") != tenant:
             # Another tenant's campaign is indistinguishable from a missing one.

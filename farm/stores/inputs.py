@@ -34,10 +34,33 @@ def array_to_png(data: bytes, field: str = "mask") -> bytes:
     """A mask sent as a NumPy array (.npy; 2-D, floats in [0, 1] or uint8, 1/255 = repaint) as a
     greyscale PNG. Read with allow_pickle=False: an object array is refused, never unpickled."""
     import numpy as np
+    from numpy.lib import format as npy
 
+    # The header first: its shape and dtype decide the allocation, so they are checked before
+    # any array exists (a header claiming 100000 x 100000 float64 asks for 80 GB).
+    head = io.BytesIO(data)
+    try:
+        version = npy.read_magic(head)
+        if version == (1, 0):
+            shape, _, dtype = npy.read_array_header_1_0(head)
+        elif version == (2, 0):
+            shape, _, dtype = npy.read_array_header_2_0(head)
+        else:
+            raise ValueError(f"format version {version} not accepted")
+    except Exception as e:  # noqa: BLE001 - any malformed header is the sender's error
+        raise InvalidJob(field, f"not a plain NumPy array: {e}") from None
+    count = 1
+    for n in shape:
+        count *= n
+    if len(shape) != 2 or count > MAX_PIXELS or count == 0:
+        raise InvalidJob(
+            field, f"a mask array must be 2-D, at most {MAX_PIXELS} values (got {shape})"
+        )
+    if dtype.hasobject or count * dtype.itemsize > len(data):
+        raise InvalidJob(field, "array data is missing or not plain numbers")
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as e:
+    except Exception as e:  # noqa: BLE001 - truncated or inconsistent: the sender's error
         raise InvalidJob(field, f"not a plain NumPy array: {e}") from None
     if array.ndim != 2 or array.shape[0] * array.shape[1] > MAX_PIXELS or 0 in array.shape:
         raise InvalidJob(

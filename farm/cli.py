@@ -64,7 +64,8 @@ def cmd_status(settings: Settings, args) -> int:
     else:
         print(f"redis:   {mask(status['redis_url'])}")
         print(f"s3:      {status['s3_endpoint']}  bucket {status['bucket']}")
-        print(f"flower:  {status['flower_url']}")
+        login = f"  (login {status['flower_user']}; password: farm status --json)"
+        print(f"flower:  {status['flower_url']}{login if status.get('flower_user') else ''}")
         print(f"api:     {status['api_url']}")
         print("queues:")
         for q in status["queues"]:

@@ -60,7 +60,13 @@ def test_status_json_lists_endpoints_and_workers(stack, settings):
 
 
 def test_flower_sees_workers_and_tasks(stack, farm):
-    flower = stack.read_state()["flower_url"]
+    state = stack.read_state()
+    flower = state["flower_url"]
+    # Without the generated login, only the health check and Prometheus metrics (counts by
+    # task name and worker, no arguments) answer; pages and the API (revoke!) do not.
+    for path in ("/", "/api/workers", "/api/tasks", "/tasks", "/broker"):
+        assert httpx.get(f"{flower}{path}").status_code == 401, path
+    auth = (state["flower_user"], state["flower_password"])
     recs = farm.submit([{"prompt": "flower", "seed": 2, "height": 64, "width": 64, **FAST}]).wait(
         timeout=60
     )
@@ -68,16 +74,16 @@ def test_flower_sees_workers_and_tasks(stack, farm):
     deadline = time.monotonic() + 20
     names: set = set()
     while time.monotonic() < deadline:
-        tasks = httpx.get(f"{flower}/api/tasks", params={"limit": 1000}).json()
+        tasks = httpx.get(f"{flower}/api/tasks", params={"limit": 1000}, auth=auth).json()
         names = {t["name"] for t in tasks.values() if recs[0].job_id in (t.get("kwargs") or "")}
         if names >= {"farm.prior", "farm.decoder"}:
             break
         time.sleep(0.3)
     assert names >= {"farm.prior", "farm.decoder"}
-    workers = httpx.get(f"{flower}/api/workers", params={"refresh": "true"}).json()
+    workers = httpx.get(f"{flower}/api/workers", params={"refresh": "true"}, auth=auth).json()
     queues = {q["name"] for w in workers.values() for q in w.get("active_queues", [])}
     assert queues >= {"prior.kandinsky-2.2", "decoder.kandinsky-2.2", "decoder.kandinsky-3"}
-    assert "flower_events_total" in httpx.get(f"{flower}/metrics").text
+    assert "flower_events_total" in httpx.get(f"{flower}/metrics", auth=auth).text
 
 
 def test_demo_end_to_end_on_embedded_servers(tmp_path):
@@ -270,7 +276,9 @@ def test_three_workers_for_two_stages_all_listed_by_flower(tmp_path):
         stages = sorted(w["stage"] for w in status["workers"])
         assert stages == ["decoder", "decoder", "prior"]
         workers = httpx.get(
-            f"{status['flower_url']}/api/workers", params={"refresh": "true"}
+            f"{status['flower_url']}/api/workers",
+            params={"refresh": "true"},
+            auth=(status["flower_user"], status["flower_password"]),
         ).json()
         assert len(workers) == 3, list(workers)
         queues = {q: [] for q in ("prior.kandinsky-2.2", "decoder.kandinsky-2.2")}
@@ -329,3 +337,19 @@ def test_interleaved_families_on_one_resident_slot_load_at_most_four_times(tmp_p
             worker.wait(timeout=30)
         log.close()
         _farm("down", env=env)
+
+
+def test_state_folder_is_private(stack, settings):
+    """Credentials, logs, AOF and object data: the state folder is 0700 and what the stack's
+    processes write in it is readable by this user only."""
+    import stat
+
+    root = settings.state_dir
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    loose = []
+    for path in root.rglob("*"):
+        if {"tiny", "models"} & set(path.relative_to(root).parts) or path.is_symlink():
+            continue  # model weights we build: public data, inside the private folder
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            loose.append(str(path.relative_to(root)))
+    assert not loose, loose[:10]

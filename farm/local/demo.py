@@ -127,7 +127,12 @@ def run(
             f"results manifest: s3://{bucket}/{uris[0].split('/', 3)[3].rsplit('/', 1)[0]}/results.jsonl"
         )
         echo(f"contact sheet: {sheet}")
-        echo(f"Flower: {summary['flower_url']}   API: {live.api_url}/docs")
+        login = (
+            f" (login {state['flower_user']} / {state['flower_password']})"
+            if state.get("flower_user")
+            else ""
+        )
+        echo(f"Flower: {summary['flower_url']}{login}   API: {live.api_url}/docs")
         return summary
     finally:
         if owned and not keep_up:

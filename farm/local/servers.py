@@ -150,8 +150,9 @@ def _reap(pid: int) -> None:
 
 
 def spawn(name: str, argv: list[str], log: Path, env: dict | None = None, marker: str = "") -> Proc:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
+    log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with open(fd, "ab") as out:
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -159,6 +160,7 @@ def spawn(name: str, argv: list[str], log: Path, env: dict | None = None, marker
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,  # its own group: stopped as one, survives our Ctrl-C
+            umask=0o077,  # its files (logs, AOF, volumes, databases) are this user's alone
         )
     _CHILDREN[proc.pid] = proc
     return Proc(name, proc.pid, marker or argv[0])

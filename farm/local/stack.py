@@ -91,7 +91,8 @@ class Stack:
         return json.loads(self.state_path.read_text(encoding="utf-8"))
 
     def _write_state(self, state: dict) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.dir.chmod(0o700)
         tmp = self.state_path.with_suffix(".tmp")
         tmp.touch(mode=0o600)
         tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
@@ -126,7 +127,9 @@ class Stack:
             return self.read_state()
         self.down()  # a half-dead stack from a crash: clear it before starting anew
         ports = self._check_ports()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        # Credentials, logs, AOF and object data: readable by this user only.
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.dir.chmod(0o700)
         started: list[Proc] = []
         state: dict = {
             "state_dir": str(self.dir),
@@ -298,7 +301,11 @@ class Stack:
         celery = [sys.executable, "-m", "celery", "-A", "workers.main"]
         logs = self.dir / "logs"
         port = ports["flower"] or free_port()
-        flower_env = {**env, "FLOWER_UNAUTHENTICATED_API": "true"}
+        # Basic auth on every page and API route (anyone reaching the port could revoke tasks),
+        # through the environment: argv is world-readable in /proc.
+        user, password = "farm", secrets.token_urlsafe(18)
+        state["flower_user"], state["flower_password"] = user, password
+        flower_env = {**env, "FLOWER_BASIC_AUTH": f"{user}:{password}"}
         argv = [
             *celery, "flower",
             f"--port={port}", "--address=127.0.0.1",
@@ -406,6 +413,8 @@ class Stack:
             "s3_endpoint": state["s3_endpoint"],
             "bucket": state["bucket"],
             "flower_url": state.get("flower_url"),
+            "flower_user": state.get("flower_user"),
+            "flower_password": state.get("flower_password"),
             "api_url": state.get("api_url"),
             "token": state.get("token"),
             "models": state.get("models", []),

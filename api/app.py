@@ -43,6 +43,38 @@ class CampaignIn(BaseModel):
     defaults: dict[str, Any] = {}
 
 
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+    index: int | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error the API returns has this shape (422s list each bad field in ``detail``)."""
+
+    error: str
+    message: str
+    detail: list[ErrorDetail] | None = None
+
+
+# Documented on every route: the statuses any of them may return, one body shape.
+ERRORS = {
+    401: {"model": ErrorBody, "description": "missing or unknown bearer token"},
+    404: {"model": ErrorBody, "description": "no such campaign (for this tenant)"},
+    409: {"model": ErrorBody, "description": "Idempotency-Key reused for another request"},
+    422: {"model": ErrorBody, "description": "invalid input: the field and the limit"},
+    429: {"model": ErrorBody, "description": "over the tenant's queued-jobs quota"},
+    503: {"model": ErrorBody, "description": "Redis or S3 unreachable"},
+}
+
+
+class Readiness(BaseModel):
+    ready: bool
+    redis: bool | str
+    s3: bool | str
+    workers: dict[str, int] | None = None
+
+
 class Submitted(BaseModel):
     campaign_id: str
     job_count: int
@@ -69,7 +101,7 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
     """Build the API. Settings are read here, once, when none are given (the process edge)."""
     settings = settings or Settings.load()
     tenants = settings.tenants()
-    app = FastAPI(title="Kandinsky render farm", version="0.1.0")
+    app = FastAPI(title="Kandinsky render farm", version="0.1.0", responses=ERRORS)
     state: dict[str, Any] = {"farm": farm, "ready": (0.0, None)}
 
     def get_farm():
@@ -122,7 +154,11 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
     def healthz() -> dict:
         return {"ok": True}
 
-    @app.get("/readyz")
+    @app.get(
+        "/readyz",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "Redis or S3 not ready"}},
+    )
     def readyz() -> JSONResponse:
         """Ready = Redis and S3 answer. Workers are reported, not required: a fleet may scale to
         zero, and jobs submitted meanwhile wait for it (their campaigns say so)."""

@@ -24,10 +24,10 @@ CHECKS = [
 
 @pytest.fixture(scope="module")
 def api_schema(settings, tokens):
+    from pydantic import SecretStr
+
     from api.app import create_app
     from farm.service import Farm
-
-    from pydantic import SecretStr
 
     isolated = settings.model_copy(
         update={

@@ -37,6 +37,7 @@ def worker_loaded(pid: int) -> str:
 
 FEED_CAMPAIGNS = f"{PREFIX}feed:campaigns"  # ZSet: campaigns the feeder looks after (by age)
 FEED_EPOCH = f"{PREFIX}feed:epoch"  # String: present while Redis holds the feeder's state
+INFLIGHT = f"{PREFIX}inflight"  # Set: record keys of jobs fed and not ended (the reconciler's)
 
 
 def feeding(campaign_id: str) -> str:

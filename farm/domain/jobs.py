@@ -267,6 +267,7 @@ class JobRecord:
     error: dict[str, str] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     created_at: float | None = None
+    updated_at: float | None = None  # its last state move
 
     @property
     def seed(self) -> int | None:

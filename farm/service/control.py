@@ -116,20 +116,30 @@ class Control:
         info = self._info(campaign_id, tenant)
         present = self.objects.list_keys(keys.campaign_prefix(prefix, tenant, campaign_id) + "/")
         ids = JobIds(campaign_id, int(info["total"]))[: int(info.get("fed") or 0)]
-        done_ids, missing = [], []
+        done_ids, failed, whole = [], [], 0
         for start in range(0, len(ids), 1000):
             for rec in self.records.get_many(ids[start : start + 1000]):
                 if rec is None:
                     continue
-                whole = all(k in present for k in rec.s3_keys)
-                (done_ids if whole else missing).append(rec.job_id)
+                if all(k in present for k in rec.s3_keys):
+                    whole += 1
+                    if rec.state != JobState.DONE:
+                        done_ids.append(rec.job_id)
+                elif rec.state in (JobState.FAILED, JobState.CANCELLED):
+                    failed.append(rec.job_id)
         everything = tuple(JobState)
         self.records.move_many(campaign_id, done_ids, JobState.DONE, everything)
-        requeue = self.records.move_many(campaign_id, missing, JobState.QUEUED, everything)
+        requeue = self.records.move_many(
+            campaign_id, failed, JobState.QUEUED, (JobState.FAILED, JobState.CANCELLED)
+        )
         self._requeue(campaign_id, tenant, requeue)
+        # Jobs in flight are sent again only if no message carries them: a healthy queued or
+        # running job is never sent twice, however often (and from however many clients)
+        # resume is called.
+        stranded = self.reconcile(grace_s=0.0, campaign_id=campaign_id)
         self._finalize_if_complete(campaign_id)
         self.feed_once()
-        return {"requeued": len(requeue), "present": len(done_ids)}
+        return {"requeued": len(requeue) + len(stranded), "present": whole}
 
     def _requeue(self, campaign_id: str, tenant: str, job_ids: list[str]) -> None:
         if not job_ids:

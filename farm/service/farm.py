@@ -22,6 +22,7 @@ from farm import keys
 from farm.service.control import Control
 from farm.service.feed import Feeding
 from farm.service.handle import Campaign
+from farm.service.reconcile import Reconciling
 from farm.service.submit import Submitting
 from farm.service.views import Views
 from farm.settings import Settings
@@ -30,7 +31,7 @@ from farm.stores.objects import ObjectStore
 from farm.stores.records import RecordStore
 
 
-class Farm(Submitting, Feeding, Views, Control):
+class Farm(Submitting, Feeding, Reconciling, Views, Control):
     """Submits campaigns and reads, cancels, retries and resumes them.
 
     The verbs live by responsibility in ``submit``, ``views`` and ``control``; this class holds

@@ -24,7 +24,8 @@ BATCH = 1000  # commands per pipelined round trip
 ACTIVE = (JobState.QUEUED, JobState.PRIOR, JobState.DECODING)
 TERMINAL = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
 
-# KEYS: job, counts, campaign. ARGV: new state, now, allowed states (comma list), field/value...
+# KEYS: job, counts, campaign, in-flight set. ARGV: new state, now, allowed states (comma list),
+# field/value...
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {0, '', 0} end
@@ -35,6 +36,12 @@ local ok = false
 for s in string.gmatch(ARGV[3], '[^,]+') do if s == cur then ok = true end end
 if not ok then return {0, cur, 0} end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[2])
+-- The reconciler looks only at jobs in flight: the set follows every move.
+if ARGV[1] == 'done' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled' then
+  redis.call('SREM', KEYS[4], KEYS[1])
+else
+  redis.call('SADD', KEYS[4], KEYS[1])
+end
 for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 local complete = 0
 if cur ~= ARGV[1] then
@@ -58,11 +65,12 @@ return {1, cur, complete}
 """
 
 
-# KEYS: job. ARGV: ttl, field/value... Creates the record unless it exists.
+# KEYS: job, in-flight set. ARGV: ttl, field/value... Creates the record unless it exists.
 _ADD = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], KEYS[1])
 return 1
 """
 
@@ -144,7 +152,7 @@ class RecordStore:
             pipe = self.client.pipeline(transaction=False)
             for job_id, spec in jobs:
                 self._add(
-                    keys=[keys.job(job_id)],
+                    keys=[keys.job(job_id), keys.INFLIGHT],
                     args=[
                         self.ttl_s,
                         "campaign_id",
@@ -194,6 +202,7 @@ class RecordStore:
                     keys.job(job_id),
                     keys.campaign_counts(campaign_id),
                     keys.campaign(campaign_id),
+                    keys.INFLIGHT,
                 ],
                 args=argv,
             )
@@ -208,7 +217,7 @@ class RecordStore:
         """Move many jobs in pipelined batches; returns the ids that moved."""
         moved: list[str] = []
         allowed_s = _states(allowed)
-        ck = [keys.campaign_counts(campaign_id), keys.campaign(campaign_id)]
+        ck = [keys.campaign_counts(campaign_id), keys.campaign(campaign_id), keys.INFLIGHT]
         try:
             for start in range(0, len(job_ids), BATCH):
                 chunk = job_ids[start : start + BATCH]
@@ -246,7 +255,7 @@ class RecordStore:
             (moved, the state it was in, whether this move finished the campaign) per job.
         """
         now, allowed_s = time.time(), _states(allowed)
-        ck = [keys.campaign_counts(campaign_id), keys.campaign(campaign_id)]
+        ck = [keys.campaign_counts(campaign_id), keys.campaign(campaign_id), keys.INFLIGHT]
         try:
             pipe = self.client.pipeline(transaction=False)
             for job_id, values in (timings or {}).items():
@@ -375,4 +384,5 @@ def _record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
         error=json.loads(d["error"]) if d.get("error") else None,
         timings=timings,
         created_at=float(d["created_at"]) if d.get("created_at") else None,
+        updated_at=float(d["updated_at"]) if d.get("updated_at") else None,
     )

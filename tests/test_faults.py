@@ -106,7 +106,9 @@ def test_api_says_503_when_redis_and_s3_are_down(tmp_path):
         auth = {"Authorization": "Bearer " + "d" * 24}
         resp = http.post("/v1/campaigns", json={"jobs": [{"prompt": "x"}]}, headers=auth)
         assert resp.status_code == 503 and resp.json()["error"] == "ServiceUnavailable"
-        assert http.get("/v1/campaigns/abc", headers=auth).status_code == 503
+        assert http.get("/v1/campaigns/" + "ab" * 16, headers=auth).status_code == 503
+        # An id that cannot be one is a 404 before any store is asked.
+        assert http.get("/v1/campaigns/abc", headers=auth).status_code == 404
         # Bad input is still a 422, not a 503, even with everything down.
         assert (
             http.post("/v1/campaigns", json={"jobs": [{"prompt": ""}]}, headers=auth).status_code
@@ -114,7 +116,7 @@ def test_api_says_503_when_redis_and_s3_are_down(tmp_path):
         )
         assert http.get("/readyz").status_code == 503
     with pytest.raises(ServiceUnavailable):
-        farm.status("abc", tenant="dave")
+        farm.status("ab" * 16, tenant="dave")
 
 
 def _children(pid: int) -> list[int]:

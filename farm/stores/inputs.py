@@ -49,6 +49,8 @@ def array_to_png(data: bytes, field: str = "mask") -> bytes:
             raise ValueError(f"format version {version} not accepted")
     except Exception as e:  # noqa: BLE001 - any malformed header is the sender's error
         raise InvalidJob(field, f"not a plain NumPy array: {e}") from None
+    if dtype.hasobject:
+        raise InvalidJob(field, "not a plain NumPy array: objects (pickles) are not accepted")
     count = 1
     for n in shape:
         count *= n
@@ -56,8 +58,8 @@ def array_to_png(data: bytes, field: str = "mask") -> bytes:
         raise InvalidJob(
             field, f"a mask array must be 2-D, at most {MAX_PIXELS} values (got {shape})"
         )
-    if dtype.hasobject or count * dtype.itemsize > len(data):
-        raise InvalidJob(field, "array data is missing or not plain numbers")
+    if count * dtype.itemsize > len(data):
+        raise InvalidJob(field, "not a plain NumPy array: its data is shorter than its header says")
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - truncated or inconsistent: the sender's error

@@ -23,11 +23,21 @@ def valkey(tmp_path_factory):
     proc.stop()
 
 
+_PORTS: dict[str, dict] = {}
+
+
+@pytest.fixture(scope="session")
+def seaweed_ports(seaweed) -> dict:
+    """Every port the session's SeaweedFS listens on, by role (s3, filer, volume, master ...)."""
+    return _PORTS["seaweed"]
+
+
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory):
     port = free_port()
     access, secret = "test" + secrets.token_hex(4), secrets.token_urlsafe(24)
     proc = start_weed(tmp_path_factory.mktemp("seaweed"), port, access, secret)
+    _PORTS["seaweed"] = proc.ports
     yield {
         "s3_endpoint": f"http://127.0.0.1:{port}",
         "s3_access_key": access,

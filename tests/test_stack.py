@@ -353,3 +353,50 @@ def test_state_folder_is_private(stack, settings):
         if stat.S_IMODE(path.stat().st_mode) & 0o077:
             loose.append(str(path.relative_to(root)))
     assert not loose, loose[:10]
+
+
+def test_no_port_of_the_stack_serves_or_takes_an_object_without_credentials(
+    stack, farm, seaweed_ports
+):
+    """Every port the stack's servers listen on is probed with no credentials: none reads,
+    lists or writes an object (SeaweedFS's filer, volume and master ports included)."""
+    import redis as redis_lib
+
+    (rec,) = farm.submit([{"prompt": "probe", "seed": 5, "height": 64, "width": 64, **FAST}]).wait(
+        timeout=60
+    )
+    state = stack.read_state()
+    bucket, key = state["bucket"], rec.s3_key
+    # The stack's own SeaweedFS (embedded) records its ports; this one is the session's.
+    ports = dict(state.get("seaweed_ports") or seaweed_ports)
+    assert {"s3", "filer", "volume", "master"} <= set(ports), ports
+    host = "http://127.0.0.1"
+    reads = [
+        f"{host}:{ports['s3']}/{bucket}/{key}",
+        f"{host}:{ports['s3']}/{bucket}?list-type=2",
+        f"{host}:{ports['filer']}/buckets/{bucket}/{key}",
+        f"{host}:{ports['filer']}/buckets/{bucket}/",
+    ]
+    for url in reads:
+        assert httpx.get(url, timeout=5).status_code in (401, 403), url
+    writes = [
+        ("PUT", f"{host}:{ports['s3']}/{bucket}/evil.txt"),
+        ("POST", f"{host}:{ports['filer']}/buckets/{bucket}/evil.txt"),
+        ("PUT", f"{host}:{ports['filer']}/buckets/{bucket}/evil.txt"),
+    ]
+    for method, url in writes:
+        resp = httpx.request(method, url, files={"file": ("evil.txt", b"evil")}, timeout=5)
+        assert resp.status_code >= 400, (method, url, resp.status_code)
+    assign = httpx.get(f"{host}:{ports['master']}/dir/assign", timeout=5).json()
+    if "fid" in assign:
+        resp = httpx.post(
+            f"http://{assign['url']}/{assign['fid']}", files={"file": ("e", b"evil")}, timeout=5
+        )
+        assert resp.status_code in (401, 403), resp.status_code
+    assert "evil.txt" not in str(farm.objects.list_keys(""))
+    # Valkey needs its password; the API its token; Flower its login.
+    port = int(state["redis_url"].rsplit(":", 1)[1].split("/")[0])
+    with pytest.raises(redis_lib.AuthenticationError):
+        redis_lib.Redis(port=port, socket_timeout=5).get("farm:feed:epoch")
+    assert httpx.get(f"{state['api_url']}/v1/campaigns").status_code == 401
+    assert httpx.get(f"{state['flower_url']}/api/tasks").status_code == 401

@@ -7,12 +7,13 @@ stopped by PID (checked against its command line first, so a reused PID is never
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from farm.errors import StackError
@@ -92,6 +93,7 @@ class Proc:
     name: str
     pid: int
     marker: str  # a string its /proc cmdline must contain, to refuse signalling a reused PID
+    ports: dict = field(default_factory=dict, compare=False)  # what it listens on, by role
 
     def alive(self) -> bool:
         try:
@@ -243,6 +245,12 @@ def start_weed(data_dir: Path, s3_port: int, access_key: str, secret_key: str) -
     ]  # fmt: skip
     # Auth is enforced only when the keys are in weed's environment.
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
+    # The S3 gateway checks signatures, but weed's filer, volume and master ports serve and take
+    # objects by themselves. JWT keys (security.toml's, read from WEED_* variables: never argv)
+    # make every read and write there need a token only weed's own parts can sign.
+    for name in ("SIGNING", "SIGNING_READ", "FILER_SIGNING", "FILER_SIGNING_READ"):
+        env[f"WEED_JWT_{name}_KEY"] = secrets.token_urlsafe(32)
     proc = spawn("seaweedfs", argv, data_dir / "weed.log", env=env, marker=binary)
+    proc = replace(proc, ports={"s3": s3_port, **ports})
     wait_port(s3_port, 30, proc)
     return proc

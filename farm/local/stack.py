@@ -199,7 +199,9 @@ class Stack:
         else:
             port = free_port()
             access, secret = "farm" + secrets.token_hex(8), secrets.token_urlsafe(32)
-            started.append(start_weed(self.dir / "seaweedfs", port, access, secret))
+            weed = start_weed(self.dir / "seaweedfs", port, access, secret)
+            started.append(weed)
+            state["seaweed_ports"] = weed.ports  # all need credentials (a test probes them)
             state.update(
                 s3_endpoint=f"http://127.0.0.1:{port}",
                 embedded_s3=True,

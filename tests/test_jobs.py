@@ -126,7 +126,7 @@ def test_grid_seed_count_draws_seeds():
         ({"grid": {"prompts": []}}, "grid.prompts"),
         ({"grid": {"prompts": ["a"]}, "jobs": [{"prompt": "b"}]}, "campaign"),
         ({}, "campaign"),
-        ({"grid": {"prompts": ["a"] * 1000, "seeds": 101}}, "grid"),
+        ({"grid": {"prompts": ["a"] * 1000, "seeds": 1001}}, "grid"),
         ({"jobs": [{"prompt": "a"}], "extra": 1}, "extra"),
     ],
 )

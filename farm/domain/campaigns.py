@@ -97,47 +97,21 @@ class CampaignSpec(BaseModel):
         return self._expand_grid(self.grid)
 
     def _expand_grid(self, grid: Grid) -> list[JobSpec]:
-        for name, values in grid.params.items():
-            if name not in SPEC_FIELDS or name in ("prompt", "seed"):
-                raise InvalidJob(
-                    f"grid.params.{name}",
-                    "unknown or not a parameter (prompts and seeds have their own lists)",
-                )
-            if not values:
-                raise InvalidJob(f"grid.params.{name}", "must hold at least one value")
-        if isinstance(grid.seeds, int):
-            if not 1 <= grid.seeds <= MAX_JOBS:
-                raise InvalidJob("grid.seeds", f"a count must be between 1 and {MAX_JOBS}")
-        elif not grid.seeds:
-            raise InvalidJob("grid.seeds", "must hold at least one seed")
-        # The size from the lists' lengths, before anything is built: a grid of ten million
-        # is refused at once, with no memory spent on its product.
-        total = len(grid.prompts) * _seed_count(grid)
-        for values in grid.params.values():
-            total *= len(values)
-        if total > MAX_JOBS:
-            raise InvalidJob("grid", f"expands to {total} jobs; at most {MAX_JOBS} per campaign")
-        if isinstance(grid.seeds, int):
-            seeds = [secrets.randbelow(2**32) for _ in range(grid.seeds)]
-        else:
-            seeds = grid.seeds
-        names = list(grid.params)
-        combos = list(itertools.product(*(grid.params[n] for n in names)))
-        specs: list[JobSpec] = []
-        for prompt in grid.prompts:
-            for combo in combos:
-                for seed in seeds:
-                    data = {
-                        **self.defaults,
-                        **dict(zip(names, combo, strict=True)),
-                        "prompt": prompt,
-                        "seed": seed,
-                    }
-                    try:
-                        specs.append(JobSpec.parse(data))
-                    except InvalidJob as e:
-                        raise InvalidJob(_grid_origin(e.field, names), e.reason) from None
-        return specs
+        """Every job of a grid, in the order the feeder computes them (``Manifest``). For small
+        grids and tests only: submission never expands a grid."""
+        from farm.domain.manifest import Manifest
+
+        total, seeds, _ = plan_grid(self)
+        manifest = Manifest(
+            campaign_id="expand",
+            tenant="expand",
+            prefix="expand",
+            total=total,
+            spec=self.model_dump(mode="json"),
+            created_at=0.0,
+            seeds=seeds,
+        )
+        return [manifest.grid_spec(i) for i in range(total)]
 
 
 def plan_grid(campaign: CampaignSpec) -> tuple[int, list[int], list[JobSpec]]:

@@ -178,7 +178,7 @@ def usage_line(u: dict) -> str:
 
 
 def cmd_limits(settings: Settings, args) -> int:
-    from farm.families import markdown_limits
+    from farm.limits import markdown_limits
 
     print(markdown_limits())
     return 0

@@ -168,7 +168,7 @@ def test_hub_ids_live_in_one_file_each():
 def test_readme_lists_every_limit():
     from pathlib import Path
 
-    from farm.families import markdown_limits
+    from farm.limits import markdown_limits
 
     readme = Path(__file__).resolve().parent.parent.joinpath("README.md").read_text()
     assert markdown_limits() in readme, "README limits are stale: paste `farm limits`"

@@ -199,11 +199,11 @@ def fleet(client, families) -> dict:
     }
 
 
-def render_slots(client, queue: str) -> int:
-    """How many renders of ``queue`` can run at once: the pool processes of its live workers."""
-    return sum(
-        max(len(w["processes"]) - 1, 1) for w in live_workers(client) if queue in w["serves"]
-    )
+def render_slots(client, queue: str, workers: list[dict] | None = None) -> int:
+    """How many renders of ``queue`` can run at once: the pool processes of its live workers
+    (``workers``: ``live_workers`` already read, to spare a caller that asks for each queue)."""
+    workers = live_workers(client) if workers is None else workers
+    return sum(max(len(w["processes"]) - 1, 1) for w in workers if queue in w["serves"])
 
 
 def waiting_reasons(client, families) -> list[str]:

@@ -133,12 +133,12 @@ class Feeding:
             int(raw[2 * n + 1] or 0) for n in range(len(ids)) if raw[2 * n] == tenant.encode()
         )
 
-    def target_depth(self, family: str) -> int:
+    def target_depth(self, family: str, workers: list[dict] | None = None) -> int:
         """Jobs a family keeps in flight: the setting, or twice what its decoders can hold (a
         message of ``RENDERS_PER_MESSAGE`` renders each), so none waits for its next message."""
         if self.settings.feed_depth:
             return self.settings.feed_depth
-        slots = fleet.render_slots(self.redis, get(family).queue("decoder"))
+        slots = fleet.render_slots(self.redis, get(family).queue("decoder"), workers)
         return 2 * max(slots, 1) * self.settings.batch_max * RENDERS_PER_MESSAGE
 
     # -- choose and feed ---------------------------------------------------------------------
@@ -149,12 +149,15 @@ class Feeding:
             items = self.feedables()
         except redis.RedisError as e:
             raise ServiceUnavailable(f"redis: cannot read the feed list: {e}") from e
+        if not any(i.open for i in items):
+            return 0  # the common idle pass: one read, nothing more
         weights = self.settings.weights()
         quantum = self.settings.batch_max * RENDERS_PER_MESSAGE
+        workers = None if self.settings.feed_depth else fleet.live_workers(self.redis)
         fed = 0
-        for family in sorted({i.family for i in items}):
+        for family in sorted({i.family for i in items if i.open}):
             mine = [i for i in items if i.family == family]
-            target = self.target_depth(family)
+            target = self.target_depth(family, workers)
             while True:
                 inflight = sum(i.inflight for i in mine)
                 per_tenant: dict[str, int] = {}
@@ -238,6 +241,8 @@ class Feeding:
             )
 
     def _present(self, campaign_id: str, start: int, stop: int) -> list[bool]:
+        if not self.redis.exists(keys.present(campaign_id)):
+            return [False] * (stop - start)  # never rebuilt: nothing was found in S3
         pipe = self.redis.pipeline(transaction=False)
         for i in range(start, stop):
             pipe.getbit(keys.present(campaign_id), i)
@@ -369,13 +374,23 @@ class Feeding:
                 unfed[queue] = unfed.get(queue, 0) + i.total - i.fed
         names = fleet.all_queues(self.settings.enabled_families)
         depths = fleet.depths(self.redis, names)
-        out = {}
+        out = {
+            name: min(depth + -(-unfed.get(name, 0) // quantum), 10_000)
+            for name, depth in zip(names, depths, strict=True)
+        }
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in names:
+            pipe.llen(keys.backlog_list(queue))
+        lengths = pipe.execute()
         pipe = self.redis.pipeline(transaction=True)
-        for queue, depth in zip(names, depths, strict=True):
-            n = min(depth + -(-unfed.get(queue, 0) // quantum), 10_000)
-            out[queue] = n
-            pipe.delete(keys.backlog_list(queue))
-            if n:
-                pipe.rpush(keys.backlog_list(queue), *([1] * n))
+        for queue, now in zip(names, lengths, strict=True):
+            # Only the difference moves: a steady backlog costs one LLEN per queue.
+            want, key = out[queue], keys.backlog_list(queue)
+            if want > now:
+                pipe.rpush(key, *([1] * (want - now)))
+            elif want == 0 and now:
+                pipe.delete(key)
+            elif want < now:
+                pipe.ltrim(key, 0, want - 1)
         pipe.execute()
         return out

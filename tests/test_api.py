@@ -5,27 +5,17 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 
 import httpx
 import pytest
 from PIL import Image
 
 from farm.errors import Conflict, InvalidJob, NotFound, Unauthorized
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
 FAST = {"num_inference_steps": 2, "prior_num_inference_steps": 2, "height": 64, "width": 64}
-
-
-def _wait_for(predicate, timeout=60.0, every=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"not true within {timeout}s")
 
 
 def test_grid_campaign_end_to_end_over_http(alice, object_store):
@@ -70,10 +60,10 @@ def test_grid_campaign_end_to_end_over_http(alice, object_store):
         assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).size == (64, 64)
     # When the campaign finishes, its results manifest and contact sheet land beside the images.
     base = f"renders/alice/{handle.id}"
-    lines = _wait_for(lambda: _get_or_none(object_store, f"{base}/results.jsonl"))
+    lines = wait_until(lambda: _get_or_none(object_store, f"{base}/results.jsonl"))
     rows = [json.loads(x) for x in lines.decode().splitlines()]
     assert len(rows) == 8 and {r["job_id"] for r in rows} == {j["job_id"] for j in jobs}
-    sheet = _wait_for(lambda: _get_or_none(object_store, f"{base}/contact_sheet.png"))
+    sheet = wait_until(lambda: _get_or_none(object_store, f"{base}/contact_sheet.png"))
     assert Image.open(io.BytesIO(sheet)).size == (3 * 128, 3 * 128)
     # The manifest is the grid itself (jobs are computed from it), and the job ids follow it.
     manifest = json.loads(object_store.get(f"{base}/manifest.json"))
@@ -132,7 +122,7 @@ def test_cancel_mid_campaign(alice, object_store):
     bystander = alice.submit_campaign(
         [{"prompt": f"keep {i}", "seed": i, **FAST} for i in range(4)]
     )
-    _wait_for(lambda: victim.status()["counts"]["done"] >= 1, timeout=60, every=0.05)
+    wait_until(lambda: victim.status()["counts"]["done"] >= 1, timeout=60, every=0.05)
     victim.cancel()
     status = victim.wait(timeout=120)
     counts = status["counts"]
@@ -148,7 +138,7 @@ def test_cancel_mid_campaign(alice, object_store):
             k for k in object_store.list_keys(f"renders/alice/{victim.id}/") if k.endswith(".png")
         } - {f"renders/alice/{victim.id}/contact_sheet.png"}
 
-    _wait_for(lambda: pngs() == done, timeout=10, every=0.1)
+    wait_until(lambda: pngs() == done, timeout=10, every=0.1)
     assert pngs() == done
     # The other campaign was not disturbed.
     assert bystander.wait(timeout=120)["counts"]["done"] == 4

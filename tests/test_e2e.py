@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from PIL import Image
 from farm import fleet, keys
 from farm.domain.jobs import JobState
 from farm.errors import InvalidJob
+from tests.waiting import wait_until
 
 K22_PRIOR_QUEUE = "prior.kandinsky-2.2"
 
@@ -152,14 +152,14 @@ def test_lost_embeddings_are_recomputed(farm, redis_client, stack):
             "emb_key": keys.embeddings(job_id),
         },
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if (
+    wait_until(
+        lambda: (
             redis_client.get(keys.attempts(job_id, "prior"))
             and campaign.records()[0].state.value == "done"
-        ):
-            break
-        time.sleep(0.2)
+        ),
+        60,
+        what="the job done",
+    )
     assert int(redis_client.get(keys.attempts(job_id, "prior"))) == 1
     assert campaign.records()[0].state.value == "done"
 
@@ -177,12 +177,15 @@ def test_duplicate_delivery_of_finished_job_is_skipped(farm, redis_client):
         },
     )
     # The duplicate is consumed and skipped: no new delivery counted, the job stays done.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (
-        redis_client.llen(K22_PRIOR_QUEUE) or redis_client.hlen("unacked")
-    ):
-        time.sleep(0.1)
-    assert not redis_client.hlen("unacked"), "the duplicate was never acknowledged"
+    # (It waits in the queue's normal-priority list until a worker takes and acknowledges it.)
+    wait_until(
+        lambda: (
+            fleet.depths(redis_client, [K22_PRIOR_QUEUE]) == [0]
+            and not redis_client.hlen("unacked")
+        ),
+        30,
+        what="the duplicate consumed and acknowledged",
+    )
     assert int(redis_client.get(keys.attempts(rec.job_id, "prior"))) == 1
     assert campaign.records()[0].state.value == "done"
 
@@ -208,10 +211,9 @@ def test_pickle_message_is_refused(farm, redis_client):
             },
         )
     # The worker drops it (content type not accepted); the queue drains and nothing ran.
-    deadline = time.monotonic() + 20
-    while redis_client.llen(K22_PRIOR_QUEUE) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert redis_client.llen(K22_PRIOR_QUEUE) == 0
+    wait_until(
+        lambda: fleet.depths(redis_client, [K22_PRIOR_QUEUE]) == [0], 20, what="queue drained"
+    )
     assert farm.app.AsyncResult("evil").state == "PENDING"
 
 
@@ -232,9 +234,7 @@ def test_failure_is_recorded_with_type_and_message(farm, redis_client):
             "key": "x.png",
         },
     )
-    deadline = time.monotonic() + 30
-    while campaign.records()[0].state.value != "failed" and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: campaign.records()[0].state.value == "failed", 30, what="the job failed")
     rec = campaign.records()[0]
     assert rec.state.value == "failed"
     assert rec.error["type"] == "ValidationError" and "prompt" in rec.error["message"]

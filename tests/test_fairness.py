@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from tests.waiting import wait_until
+
 pytestmark = pytest.mark.slow
 
 TINY = {"height": 64, "width": 64, "num_inference_steps": 2, "prior_num_inference_steps": 2}
@@ -24,17 +26,12 @@ def test_a_small_campaign_is_not_starved_by_another_tenants_big_one(alice, bob, 
     _run(bob, **small)  # warm
     alone = _run(bob, **small)
     big = alice.submit_campaign(grid={"prompts": ["alice's big one"], "seeds": 5000}, defaults=TINY)
-    deadline = time.monotonic() + 60
-    while big.status()["counts"]["done"] < 20 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: big.status()["counts"]["done"] >= 20, 60, 0.05, "the big one running")
     # The big campaign waits in S3: Redis holds what is in flight, not 5,000 job records.
     assert len(list(redis_client.scan_iter(match="farm:job:*", count=1000))) < 300
     # Its backlog is published where an autoscaler reads it (KEDA's redis scaler: LLEN).
     backlog = "farm:backlog:prior.kandinsky-2.2"
-    deadline = time.monotonic() + 10
-    while redis_client.llen(backlog) < 10 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert redis_client.llen(backlog) >= 10
+    wait_until(lambda: redis_client.llen(backlog) >= 10, 10, 0.2, "the backlog published")
     assert any(q["backlog"] >= 10 for q in alice.fleet()["queues"])
     shared = _run(bob, **small)
     counts = big.status()["counts"]

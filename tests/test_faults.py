@@ -6,16 +6,16 @@ Runs on a stack of its own (its own Valkey and workers) because it flushes Redis
 from __future__ import annotations
 
 import secrets
-import time
 
 import pytest
 import redis
 
 from farm.client import Client
-from farm.errors import ServiceUnavailable
+from farm.errors import NotFound, ServiceUnavailable
 from farm.local.servers import free_port, start_valkey
 from farm.local.stack import Stack
 from farm.settings import Settings
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -58,19 +58,11 @@ def test_campaign_heals_itself_after_redis_flushed_completely(own_stack):
             # More jobs than the decoders hold at once: some messages are still queued.
             [{"prompt": f"resume {i}", "seed": i, **SMALL} for i in range(N_RESUME)]
         )
-        deadline = time.monotonic() + 60
-        while handle.status()["counts"]["done"] < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: handle.status()["counts"]["done"] >= 2, 60, 0.05, "two jobs done")
         r.flushall()  # queued messages, records, embeddings, counters: all gone
         # No human: the stack's feeder notices, rebuilds the campaign from its manifest in
         # S3, marks the images already there done and feeds the rest again.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                handle.status()
-                break
-            except Exception:  # 404 until the feeder has rebuilt it
-                time.sleep(0.2)
+        wait_until(lambda: _known(handle), 30, 0.2, "the campaign rebuilt by the feeder")
         status = handle.wait(timeout=180)
         assert status["counts"]["done"] == N_RESUME, status
         prefix = f"renders/carol/{handle.id}/"
@@ -82,6 +74,14 @@ def test_campaign_heals_itself_after_redis_flushed_completely(own_stack):
         assert pngs == sorted(j["s3_key"] for j in jobs) and len(set(pngs)) == N_RESUME
         # Resuming a finished campaign requeues nothing.
         assert handle.resume() == {"requeued": 0, "present": N_RESUME}
+
+
+def _known(handle) -> bool:
+    try:
+        handle.status()
+    except NotFound:  # until the feeder has rebuilt it
+        return False
+    return True
 
 
 def test_api_says_503_when_redis_and_s3_are_down(tmp_path):
@@ -138,11 +138,7 @@ def _kill_pool_while_decoding(handle, worker_pid: int, at_least: int) -> None:
     import os
     import signal
 
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if handle.status()["counts"]["decoding"] >= at_least:
-            break
-        time.sleep(0.02)
+    wait_until(lambda: handle.status()["counts"]["decoding"] >= at_least, 60, 0.02, "jobs decoding")
     victims = _children(worker_pid)
     assert victims, "the decoder worker has no pool process"
     for pid in victims:

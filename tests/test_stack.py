@@ -7,12 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
+
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -71,15 +72,12 @@ def test_flower_sees_workers_and_tasks(stack, farm):
         timeout=60
     )
     assert httpx.get(f"{flower}/healthcheck").status_code == 200
-    deadline = time.monotonic() + 20
-    names: set = set()
-    while time.monotonic() < deadline:
+
+    def names() -> set:
         tasks = httpx.get(f"{flower}/api/tasks", params={"limit": 1000}, auth=auth).json()
-        names = {t["name"] for t in tasks.values() if recs[0].job_id in (t.get("kwargs") or "")}
-        if names >= {"farm.prior", "farm.decoder"}:
-            break
-        time.sleep(0.3)
-    assert names >= {"farm.prior", "farm.decoder"}
+        return {t["name"] for t in tasks.values() if recs[0].job_id in (t.get("kwargs") or "")}
+
+    wait_until(lambda: names() >= {"farm.prior", "farm.decoder"}, 20, 0.3, "Flower lists both")
     workers = httpx.get(f"{flower}/api/workers", params={"refresh": "true"}, auth=auth).json()
     queues = {q["name"] for w in workers.values() for q in w.get("active_queues", [])}
     assert queues >= {"prior.kandinsky-2.2", "decoder.kandinsky-2.2", "decoder.kandinsky-3"}

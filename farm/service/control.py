@@ -148,15 +148,20 @@ class Control:
         for j in job_ids:
             pipe.delete(keys.attempts(j, "prior"), keys.attempts(j, "decoder"))
         pipe.execute()
-        recs = self.records.get_many(job_ids)
+        self._send_again(campaign_id, tenant, job_ids)
+
+    def _send_again(self, campaign_id: str, tenant: str, job_ids: list[str]) -> list[str]:
+        """Enqueue recorded jobs again (their campaign's priority); returns the ids sent."""
+        recs = [r for r in self.records.get_many(job_ids) if r is not None]
         info = self.records.campaign(campaign_id) or {}
         self._schedule(
             campaign_id,
             tenant,
-            [(r.job_id, r.spec) for r in recs if r is not None],
+            [(r.job_id, r.spec) for r in recs],
             JobIds(campaign_id, int(info.get("total") or 0)),
             info.get("priority") or "normal",
         )
+        return [r.job_id for r in recs]
 
     def _finalize_if_complete(self, campaign_id: str) -> None:
         info = self.records.campaign(campaign_id)

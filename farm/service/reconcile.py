@@ -24,7 +24,6 @@ import time
 
 from farm import fleet, keys
 from farm.domain.jobs import JobState
-from farm.domain.manifest import JobIds
 from farm.stores.records import ACTIVE
 
 log = logging.getLogger("farm.reconciler")
@@ -125,14 +124,8 @@ class Reconciling:
             if info is None:
                 continue
             moved = self.records.move_many(cid, ids, JobState.QUEUED, ACTIVE)
-            recs = [r for r in self.records.get_many(moved) if r is not None]
-            log.warning("campaign %s: %d jobs no message carried: sent again", cid, len(recs))
-            self._schedule(
-                cid,
-                info["tenant"],
-                [(r.job_id, r.spec) for r in recs],
-                JobIds(cid, int(info["total"])),
-                info.get("priority") or "normal",
-            )
-            sent += [r.job_id for r in recs]
+            # Their delivery counts stay: a job that keeps dying is still a poison job.
+            again = self._send_again(cid, info["tenant"], moved)
+            log.warning("campaign %s: %d jobs no message carried: sent again", cid, len(again))
+            sent += again
         return sent

@@ -70,7 +70,10 @@ def wait_http(url: str, expect: str, timeout: float, proc: Proc) -> None:
     port = url.split(":")[2].split("/")[0]
     last = "no answer"
     while time.monotonic() < deadline:
-        if (child is not None and child.poll() is not None) or not proc.alive():
+        # Our own child: its exit status says. (Its /proc cmdline can read short for a moment
+        # while the process retitles itself, so "alive" is only for processes we did not start.)
+        gone = child.poll() is not None if child is not None else not proc.alive()
+        if gone:
             code = child.returncode if child is not None else "?"
             raise StackError(
                 f"{proc.name} (port {port}) exited with {code} while starting (see its log)"

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
+from api.gallery import gallery_router
 from farm.domain.campaigns import CampaignSpec, Grid
 from farm.domain.jobs import JobState, field_path
 from farm.errors import Conflict, FarmError, InvalidJob, NotFound, ServiceUnavailable, Unauthorized
@@ -154,6 +155,20 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
     def healthz() -> dict:
         return {"ok": True}
 
+    @app.get("/metrics", include_in_schema=False)
+    def metrics(request: Request):
+        """Prometheus exposition, with no token, as Flower's and most exporters' (README,
+        Metrics): farm-wide counts and queue depths, nothing of any tenant's."""
+        from fastapi.responses import Response
+
+        from farm import metrics as exported
+
+        if "metrics" not in state:
+            queues = exported.QueueCollector(lambda: get_farm().redis, settings.enabled_families)
+            state["metrics"] = exported.api_registry(queues)
+        body, media_type = exported.exposition(state["metrics"], request.headers.get("accept"))
+        return Response(body, media_type=media_type)
+
     @app.get(
         "/readyz",
         response_model=Readiness,
@@ -290,6 +305,32 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
         )
         return StreamingResponse(lines, media_type="application/x-ndjson")
 
+    def _stored(campaign_id: str, tenant: str, key_of, media_type: str) -> StreamingResponse:
+        """A file the campaign's end wrote to S3, streamed through the API (404 until then)."""
+        farm = get_farm()
+        farm.status(campaign_id, tenant=tenant)  # 404 for an unknown or another tenant's id
+        key = key_of(farm.settings.s3_prefix, tenant, campaign_id)
+        if farm.objects.head(key) is None:
+            name = key.rsplit("/", 1)[1]
+            raise NotFound(f"campaign {campaign_id} has no {name} yet: written when it finishes")
+        body = farm.objects.client.get_object(Bucket=farm.objects.bucket, Key=key)["Body"]
+        return StreamingResponse(body.iter_chunks(1 << 16), media_type=media_type)
+
+    @app.get("/v1/campaigns/{campaign_id}/results.jsonl")
+    def campaign_results_file(campaign_id: str, tenant: Tenant) -> StreamingResponse:
+        """The finished campaign's results (every job: state, spec, seed, image keys, timings,
+        error), the results.jsonl written beside its images."""
+        from farm.keys import results_object
+
+        return _stored(campaign_id, tenant, results_object, "application/x-ndjson")
+
+    @app.get("/v1/campaigns/{campaign_id}/contact_sheet.png")
+    def campaign_contact_sheet(campaign_id: str, tenant: Tenant) -> StreamingResponse:
+        """The finished campaign's contact sheet: rows by prompt, columns by seed, captioned."""
+        from farm.keys import contact_sheet_object
+
+        return _stored(campaign_id, tenant, contact_sheet_object, "image/png")
+
     @app.get("/v1/campaigns/{campaign_id}/jobs")
     def campaign_jobs(
         campaign_id: str,
@@ -315,4 +356,5 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
     def resume(campaign_id: str, tenant: Tenant) -> dict:
         return get_farm().resume(campaign_id, tenant=tenant)
 
+    app.include_router(gallery_router(get_farm))  # the campaign gallery page (api/gallery.py)
     return app

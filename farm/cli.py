@@ -7,7 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-from farm.errors import FarmError
+from farm.errors import (
+    ConfigError,
+    Conflict,
+    FarmError,
+    InvalidJob,
+    NotFound,
+    QuotaExceeded,
+    Unauthorized,
+)
 from farm.settings import Settings
 
 
@@ -34,7 +42,8 @@ def cmd_up(settings: Settings, args) -> int:
     if stack.running():
         print(f"already running (state in {stack.dir})")
         return 0
-    state = stack.up(workers=workers)
+    print(f"starting the local stack in {stack.dir}", flush=True)
+    state = stack.up(workers=workers, progress=step_printer())
     print(f"redis:  {mask(state['redis_url'])}")
     print(f"s3:     {state['s3_endpoint']}  bucket {state['bucket']}")
     print(f"flower: {state['flower_url']}")
@@ -47,9 +56,25 @@ def cmd_up(settings: Settings, args) -> int:
     return 0
 
 
+def step_printer(out=None):
+    """A progress callback that prints each step with the seconds since it was made."""
+    import time
+
+    t0 = time.monotonic()
+
+    def step(line: str) -> None:
+        print(f"  [{time.monotonic() - t0:5.1f}s] {line}", file=out or sys.stdout, flush=True)
+
+    return step
+
+
 def cmd_down(settings: Settings, args) -> int:
+    import time
+
+    t0 = time.monotonic()
     stopped = _stack(settings).down()
-    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    took = f" in {time.monotonic() - t0:.1f}s" if stopped else ""
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running") + took)
     return 0
 
 
@@ -77,17 +102,24 @@ def cmd_status(settings: Settings, args) -> int:
                 f"  {w['node']:40} {w['stage']:8} {','.join(w['families'])}  "
                 f"resident {','.join(w['resident_parts']) or '-'}  {mib:.0f} MiB"
             )
+        # Prometheus scrape targets: the API, Flower and each worker (README, Metrics).
+        print("metrics:")
+        for name, url in status.get("metrics", {}).items():
+            print(f"  {name:15} {url}")
+        print("processes:")
         for name, p in status["processes"].items():
             print(f"  {name:15} pid {p['pid']:>7}  {'up' if p['alive'] else 'DOWN'}")
     return 0 if status.get("running") else 3
 
 
 def cmd_demo(settings: Settings, args) -> int:
+    import os
+
     from farm.local import demo
 
-    demo.run(
-        settings, out_dir=Path(args.out), size=args.size, steps=args.steps, keep_up=args.keep_up
-    )
+    # FARM_DEMO_KEEP=1 keeps it up from `make demo`, which passes no flags.
+    keep = args.keep_up or os.environ.get("FARM_DEMO_KEEP", "") not in ("", "0")
+    demo.run(settings, out_dir=Path(args.out), size=args.size, steps=args.steps, keep_up=keep)
     return 0
 
 
@@ -101,8 +133,6 @@ def load_campaign_file(path: Path) -> dict:
     """A campaign from YAML or JSON (an object with jobs or grid), or JSONL (one job a line)."""
     import yaml
 
-    from farm.errors import InvalidJob
-
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         jobs = []
@@ -115,8 +145,15 @@ def load_campaign_file(path: Path) -> dict:
         return {"jobs": jobs}
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise InvalidJob(path.name, f"cannot parse: {e}") from None
+    except json.JSONDecodeError as e:
+        raise InvalidJob(
+            path.name, f"not JSON at line {e.lineno}, column {e.colno}: {e.msg}"
+        ) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise InvalidJob(path.name, f"not valid YAML{where}: {problem}") from None
     if isinstance(data, list):
         return {"jobs": data}
     if not isinstance(data, dict):
@@ -224,8 +261,12 @@ def cmd_results(settings: Settings, args) -> int:
     with _client(settings) as client:
         handle = client.campaign(args.id)
         if args.download:
-            files = handle.download(args.download)
-            print(f"downloaded {len(files)} images to {args.download}")
+            got = handle.download_all(args.download)
+            print(f"downloaded {len(got['images'])} images to {args.download}")
+            note = "" if got["finished"] else "  (still running: the jobs so far)"
+            print(f"results:       {got['results']}{note}")
+            sheet = got["contact_sheet"] or "none yet (written when the campaign finishes)"
+            print(f"contact sheet: {sheet}")
             return 0
         for job in handle.results(state=args.state):
             print(json.dumps(job, ensure_ascii=False))
@@ -250,6 +291,21 @@ def cmd_retry(settings: Settings, args) -> int:
     with _client(settings) as client:
         n = client.campaign(args.id).retry_failed()
     print(f"requeued {n} failed jobs")
+    return 0
+
+
+def cmd_gallery(settings: Settings, args) -> int:
+    """Print (and with --open, open) a sign-in link to the campaign's gallery page."""
+    with _client(settings) as client:
+        link = client.request("POST", f"/v1/campaigns/{args.id}/gallery-link")
+        url = str(client.http.base_url).rstrip("/") + link["path"]
+    print(url)
+    minutes = link["expires_in_s"] // 60
+    print(f"(a sign-in link for one browser: open it within {minutes} minutes)", file=sys.stderr)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(url)
     return 0
 
 
@@ -350,6 +406,7 @@ def cmd_worker(settings: Settings, args) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="farm", description="Kandinsky render farm")
+    p.add_argument("--debug", action="store_true", help="show tracebacks (also FARM_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
     u = sub.add_parser("up", help="start the local stack (servers, workers, Flower, API)")
     u.add_argument(
@@ -387,7 +444,12 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="out/demo", help="folder for images and the contact sheet")
     d.add_argument("--size", type=int, help="height and width (multiple of 64)")
     d.add_argument("--steps", type=int, help="decoder inference steps")
-    d.add_argument("--keep-up", action="store_true", help="leave the stack running afterwards")
+    d.add_argument(
+        "--keep-up",
+        "--keep",
+        action="store_true",
+        help="leave the stack running afterwards (also FARM_DEMO_KEEP=1); `farm down` stops it",
+    )
     s = sub.add_parser("submit", help="submit a campaign file (YAML/JSON object, or JSONL of jobs)")
     s.add_argument("file")
     s.add_argument(
@@ -404,18 +466,27 @@ def parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="your campaigns, newest first")
     ls.add_argument("--limit", type=int, default=50)
     ls.add_argument("--json", action="store_true")
-    r = sub.add_parser("results", help="a campaign's jobs as JSON lines, or download its images")
+    r = sub.add_parser(
+        "results", help="a campaign's jobs as JSON lines, or download images, results, sheet"
+    )
     r.add_argument("id")
     r.add_argument(
         "--state", choices=["queued", "prior", "decoding", "done", "failed", "cancelled"]
     )
-    r.add_argument("--download", metavar="DIR", help="save every done image into DIR")
+    r.add_argument(
+        "--download",
+        metavar="DIR",
+        help="save every done image, results.jsonl and contact_sheet.png into DIR",
+    )
     for name, text in (
         ("cancel", "cancel a campaign"),
         ("resume", "re-enqueue jobs whose image is missing"),
         ("retry", "re-enqueue failed jobs"),
     ):
         sub.add_parser(name, help=text).add_argument("id")
+    g = sub.add_parser("gallery", help="a link to the campaign's gallery page (live, in a browser)")
+    g.add_argument("id")
+    g.add_argument("--open", action="store_true", help="open it in the default browser")
     sub.add_parser("settings", help="every FARM_* setting with its default (markdown)")
     sub.add_parser("capabilities", help="model x task matrix (markdown)")
     up = sub.add_parser("upload", help="upload an input image; prints its in:... reference")
@@ -461,19 +532,67 @@ COMMANDS = {
     "cancel": cmd_cancel,
     "resume": cmd_resume,
     "retry": cmd_retry,
+    "gallery": cmd_gallery,
 }
 
 
+# What to do about an error, when its message alone does not say.
+HINTS = {
+    Unauthorized: "check FARM_API_TOKEN (a local stack's token: `farm status --json`)",
+    NotFound: "`farm ls` lists your campaigns",
+    QuotaExceeded: "wait for your queued jobs to drain, or cancel some (`farm ls`, `farm cancel`)",
+}
+# Exit 2: the input or the settings need fixing. Exit 1: something else failed (an outage).
+USER_ERRORS = (InvalidJob, NotFound, Unauthorized, Conflict, ConfigError, QuotaExceeded)
+
+
+def error_line(exc: BaseException) -> str:
+    """One line naming what went wrong and what to fix, for any error a command raises."""
+    cause = exc.__cause__
+    if isinstance(exc, ConfigError) and hasattr(cause, "errors"):  # pydantic's ValidationError
+        parts = [
+            f"FARM_{'_'.join(str(x) for x in e['loc']).upper()}: {e['msg']} "
+            f"(got {e.get('input')!r})"
+            for e in cause.errors()
+        ]
+        return "invalid setting: " + "; ".join(parts)
+    if isinstance(exc, FileNotFoundError):
+        return f"no such file: {exc.filename}"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"cannot read {exc.filename}: {exc.strerror or exc}"
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    if len(lines) > 1:  # a log tail or a list: its last line says most
+        text = f"{text.rstrip(':')}: {lines[-1]}"
+    hint = next((h for cls, h in HINTS.items() if isinstance(exc, cls)), None)
+    return f"{text} ({hint})" if hint else text
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     args = parser().parse_args(argv)
+    debug = args.debug or os.environ.get("FARM_DEBUG", "") not in ("", "0")
     try:
         settings = Settings.load()
         return COMMANDS[args.command](settings, args)
-    except FarmError as e:
-        print(f"farm: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except (FarmError, OSError, UnicodeDecodeError) as e:
+        if debug:
+            raise
+        print(f"farm: error: {error_line(e)}", file=sys.stderr)
+        user = isinstance(e, USER_ERRORS) or (isinstance(e, OSError) and e.filename)
+        return 2 if user else 1
+    except Exception as e:  # a bug: still one line, the traceback behind --debug
+        if debug:
+            raise
+        print(
+            f"farm: internal error: {type(e).__name__}: {error_line(e)} "
+            "(rerun with --debug or FARM_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Typed HTTP client for the farm API (httpx).
 
     from farm.client import Client
-    client = Client("http://127.0.0.1:8470", token)
+    from farm.settings import Settings
+
+    # FARM_API_URL / FARM_API_TOKEN, or the running local stack's (`farm status --json`)
+    client = Client.from_settings(Settings.load())
     campaign = client.submit_campaign(grid={"prompts": ["a cat"], "seeds": 4})
     campaign.wait(progress=True)
-    campaign.download("out/")
+    campaign.download_all("out/")  # images, results.jsonl, contact_sheet.png
 
 HTTP errors become the farm's own exceptions (farm.errors) carrying the server's message.
 """
@@ -79,7 +82,10 @@ class Client:
         try:
             resp = self.http.request(method, path, **kwargs)
         except httpx.TransportError as e:
-            raise ServiceUnavailable(f"farm API at {self.http.base_url} unreachable: {e}") from e
+            raise ServiceUnavailable(
+                f"farm API at {self.http.base_url} unreachable ({e or type(e).__name__}): "
+                "`farm up` starts the local one; FARM_API_URL names another"
+            ) from e
         if resp.status_code < 400:
             return resp.json()
         try:
@@ -257,6 +263,50 @@ class CampaignHandle:
                     path.write_bytes(resp.content)
                     files.append(path)
         return files
+
+    def save_file(self, name: str, path: str | Path) -> Path | None:
+        """Save a file the campaign's end wrote (``results.jsonl``, ``contact_sheet.png``) to
+        ``path``, streamed; None while the campaign has not finished (no such file yet)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self.client.http.stream("GET", f"/v1/campaigns/{self.id}/{name}") as resp:
+            if resp.status_code == 404:
+                resp.read()
+                self.status()  # an unknown campaign raises NotFound; a running one has no file
+                return None
+            if resp.status_code >= 400:
+                resp.read()
+                self.client.request("GET", f"/v1/campaigns/{self.id}/{name}")  # typed error
+            tmp = path.with_name(path.name + ".part")
+            with tmp.open("wb") as out:
+                for chunk in resp.iter_bytes():
+                    out.write(chunk)
+            tmp.replace(path)
+        return path
+
+    def download_all(self, folder: str | Path) -> dict:
+        """Every done image, the results (results.jsonl) and the contact sheet into ``folder``.
+
+        A campaign still running has no stored results or sheet yet: its results.jsonl is then
+        the jobs as they stand (``stream("jobs")``, presigned URLs left out) and the sheet None.
+
+        Returns:
+            {"images": [paths], "results": path, "contact_sheet": path or None, "finished": bool}
+        """
+        import json
+
+        folder = Path(folder)
+        images = self.download(folder)
+        results = self.save_file("results.jsonl", folder / "results.jsonl")
+        finished = results is not None
+        if results is None:
+            results = folder / "results.jsonl"
+            with results.open("w", encoding="utf-8") as out:
+                for job in self.stream("jobs"):
+                    job = {k: v for k, v in job.items() if k not in ("url", "urls")}
+                    out.write(json.dumps(job, ensure_ascii=False) + "\n")
+        sheet = self.save_file("contact_sheet.png", folder / "contact_sheet.png")
+        return {"images": images, "results": results, "contact_sheet": sheet, "finished": finished}
 
     def cancel(self) -> dict:
         return self.client.request("DELETE", f"/v1/campaigns/{self.id}")

@@ -6,8 +6,9 @@ Every ``TICK_S`` it makes one fair feeding pass (``Farm.feed_once``); every few 
 publishes each queue's backlog for autoscalers, sends again the ranges a dead feeder claimed
 but never sent, and checks that Redis still holds the farm's state: when it does not (Redis
 restarted empty, or flushed), it rebuilds every unfinished campaign from its manifest in S3.
-Every ``RECONCILE_S`` it sends again the jobs in flight that no message carries any more
-(``Farm.reconcile``): no fault leaves a job waiting for a human.
+Every ``FARM_RECONCILE_INTERVAL_S`` it sends again the jobs in flight that no message carries
+any more and that no live execution runs, idle for ``FARM_RECONCILE_GRACE_S`` (``Farm.reconcile``):
+no fault leaves a job waiting for a human.
 Several feeders may run at once; each job is still fed once.
 """
 
@@ -18,6 +19,8 @@ import signal
 import threading
 import time
 
+import redis
+
 from farm.errors import FarmError
 from farm.settings import Settings
 
@@ -25,8 +28,6 @@ log = logging.getLogger("farm.feeder")
 
 TICK_S = 0.05
 HOUSEKEEPING_S = 2.0
-RECONCILE_S = 15.0  # how often in-flight jobs are checked against the messages that carry them
-RECONCILE_GRACE_S = 30.0  # a job idle and uncovered this long is stranded
 
 
 def run(settings: Settings, stop: threading.Event) -> None:
@@ -44,13 +45,13 @@ def run(settings: Settings, stop: threading.Event) -> None:
                 farm.refeed_stale()
                 farm.publish_backlog()
                 last = now
-            if now - last_reconcile > RECONCILE_S:
-                sent = farm.reconcile(grace_s=RECONCILE_GRACE_S)
+            if now - last_reconcile > settings.reconcile_interval_s:
+                sent = farm.reconcile(grace_s=settings.reconcile_grace_s)
                 if sent:
                     log.warning("sent %d stranded jobs again", len(sent))
                 last_reconcile = now
             fed = farm.feed_once()
-        except FarmError as e:  # Redis or S3 away: say so and keep trying
+        except (FarmError, redis.RedisError) as e:  # Redis or S3 away: one line, keep trying
             log.warning("feeder: %s", e)
             fed = 0
             stop.wait(1.0)

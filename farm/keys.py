@@ -183,3 +183,8 @@ def contact_sheet_object(prefix: str, tenant: str, campaign_id: str) -> str:
 def input_object(prefix: str, tenant: str, ref: str) -> str:
     """S3 key of an uploaded input (``in:<sha256>``), under the tenant's prefix."""
     return f"{prefix}/{tenant}/inputs/{ref.removeprefix('in:')}"
+
+
+def running(execution: str) -> str:
+    """String with a TTL: this execution of a task is alive (its worker process refreshes it)."""
+    return f"{PREFIX}running:{execution}"

@@ -52,6 +52,17 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="Broker + embedding store. Unset: the local stack's embedded Valkey."
     )
+    redis_master: str = Field(
+        "mymaster",
+        min_length=1,
+        description="Sentinel: the name the sentinels monitor the primary under, when "
+        "FARM_REDIS_URL is `sentinel://:pw@host1:26379;sentinel://:pw@host2:26379`.",
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        None,
+        description="Sentinel: the sentinels' own password (their requirepass); the URL's is "
+        "the data servers'. Unset: sentinels without a password.",
+    )
     s3_endpoint: str | None = Field(
         None, description="S3-compatible endpoint URL. Unset: the local stack's embedded SeaweedFS."
     )
@@ -180,6 +191,19 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         3, ge=1, description="Deliveries of one job stage before it is failed as a poison job."
     )
+    reconcile_interval_s: float = Field(
+        15.0,
+        gt=0,
+        le=3600,
+        description="Feeder: seconds between checks for jobs in flight that no message carries.",
+    )
+    reconcile_grace_s: float = Field(
+        30.0,
+        gt=0,
+        le=86_400,
+        description="Feeder: a job idle and carried by no message (queued, held by a worker, "
+        "or running) this long is sent again.",
+    )
     worker_pool: Literal["auto", "solo", "threads", "prefork"] = Field(
         "auto", description="Celery pool of the local workers; auto = solo on CUDA, else prefork."
     )
@@ -202,6 +226,11 @@ class Settings(BaseSettings):
         ge=0,
         le=65535,
         description="Flower port for the local stack (0 or busy: any free port).",
+    )
+    metrics_listen: str | None = Field(
+        None,
+        description="Worker: serve Prometheus metrics on HOST:PORT, or PORT on every interface "
+        "(README, Metrics). Unset: not served; `farm up` gives each worker a free port.",
     )
 
     @classmethod

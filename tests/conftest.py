@@ -19,11 +19,19 @@ from farm.settings import Settings
 def valkey(tmp_path_factory):
     port, password = free_port(), secrets.token_urlsafe(16)
     proc = start_valkey(tmp_path_factory.mktemp("valkey"), port, password)
+    _PROCS["valkey"] = proc
     yield f"redis://:{password}@127.0.0.1:{port}/0"
     proc.stop()
 
 
 _PORTS: dict[str, dict] = {}
+_PROCS: dict = {}  # the session's servers, by name: the port probe covers them too
+
+
+@pytest.fixture(scope="session")
+def server_pids(valkey, seaweed) -> list[int]:
+    """The session's Valkey and SeaweedFS processes."""
+    return [p.pid for p in _PROCS.values()]
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +46,7 @@ def seaweed(tmp_path_factory):
     access, secret = "test" + secrets.token_hex(4), secrets.token_urlsafe(24)
     proc = start_weed(tmp_path_factory.mktemp("seaweed"), port, access, secret)
     _PORTS["seaweed"] = proc.ports
+    _PROCS["seaweed"] = proc
     yield {
         "s3_endpoint": f"http://127.0.0.1:{port}",
         "s3_access_key": access,

@@ -135,3 +135,49 @@ def test_jobs_no_message_carries_are_sent_again_once(settings):
     ids = _queued_job_ids(farm, "prior.kandinsky-2.2")
     assert sorted(ids) == sorted(sent)
     farm.redis.flushdb()
+
+
+def _at_once(calls) -> list:
+    outs: list = []
+    threads = [threading.Thread(target=lambda c=c: outs.append(c())) for c in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return outs
+
+
+def test_reconcilers_and_resumes_at_once_send_each_stranded_job_once(settings):
+    """Three reconcilers (feeders) and two resumes (clients) find the same stranded jobs at the
+    same time: each job is sent again by exactly one of them."""
+    farm, cid = _seeded(settings, 12)
+    for name in fleet.priority_lists("prior.kandinsky-2.2"):
+        farm.redis.delete(name)
+    calls = [lambda: Farm(farm.settings).reconcile(grace_s=0, recheck_s=0.2) for _ in range(3)]
+    calls += [lambda: Farm(farm.settings).resume(cid)["requeued"] for _ in range(2)]
+    outs = _at_once(calls)
+    sent = [j for out in outs[:5] if isinstance(out, list) for j in out]
+    requeued = sum(out for out in outs if isinstance(out, int))
+    ids = _queued_job_ids(farm, "prior.kandinsky-2.2")
+    assert sorted(ids) == sorted(f"{cid}-{i}" for i in range(12)), "a job was sent twice"
+    assert len(sent) + requeued == 12
+    farm.redis.flushdb()
+
+
+def test_cancels_and_resumes_from_several_clients_keep_counts_whole(settings):
+    """Cancel three times at once, then resume three times at once: every job is cancelled
+    once, then queued once; the counts always add up to the total."""
+    farm, cid = _seeded(settings, 20)
+    _at_once([lambda: Farm(farm.settings).cancel(cid) for _ in range(3)])
+    counts = farm.records.campaign(cid)["counts"]
+    assert counts["cancelled"] == 20 and sum(counts.values()) == 20, counts
+    outs = _at_once([lambda: Farm(farm.settings).resume(cid) for _ in range(3)])
+    assert sum(o["requeued"] for o in outs) == 20, outs
+    counts = farm.records.campaign(cid)["counts"]
+    assert counts["queued"] == 20 and sum(counts.values()) == 20, counts
+    ids = _queued_job_ids(farm, "prior.kandinsky-2.2")
+    assert sorted(set(ids)) == sorted(f"{cid}-{i}" for i in range(20))
+    # The first copies stay queued (skipped while cancelled; the fence lets only one copy of
+    # a job run): each resumed job was sent once more, not three times.
+    assert len(ids) == 40
+    farm.redis.flushdb()

@@ -58,6 +58,8 @@ def test_status_json_lists_endpoints_and_workers(stack, settings):
     human = _farm("status", env=_clean_env(FARM_STATE_DIR=str(settings.state_dir)))
     password = settings.redis_url.split(":")[2].split("@")[0]
     assert password not in human.stdout and "***" in human.stdout
+    for url in status["metrics"].values():  # the scrape targets, as --json lists them
+        assert url in human.stdout
 
 
 def test_flower_sees_workers_and_tasks(stack, farm):
@@ -92,8 +94,11 @@ def test_demo_end_to_end_on_embedded_servers(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "TINY RANDOM-WEIGHT" in res.stdout and "FARM_PRIOR_MODEL=" in res.stdout
     assert "s3://farm/renders/" in res.stdout and "Flower: http://127.0.0.1:" in res.stdout
-    with Image.open(out / "contact_sheet.png") as sheet:
-        assert sheet.size == (2 * 64, 3 * 64)  # 3 prompts x 2 seeds
+    assert "valkey: up on" in res.stdout and "/gallery" in res.stdout  # steps; where to look
+    with Image.open(out / "contact_sheet.png") as sheet:  # the farm's: captioned, 3 x 2
+        from farm.sheet import SHEET_THUMB, Geometry
+
+        assert sheet.size == Geometry(SHEET_THUMB, 3, 2, True, True).size
     assert len(list(out.glob("*-seed*.png"))) == 6
     # Everything it started is gone again.
     assert not (state / "stack.json").exists()
@@ -138,7 +143,9 @@ def test_cli_campaign_commands(stack, api_url, tokens, tmp_path):
     lines = _farm("results", cid, env=env).stdout.splitlines()
     assert len(lines) == 4 and all(json.loads(x)["state"] == "done" for x in lines)
     dl = _farm("results", cid, "--download", str(tmp_path / "dl"), env=env)
-    assert "downloaded 4 images" in dl.stdout and len(list((tmp_path / "dl").glob("*.png"))) == 4
+    assert (
+        "downloaded 4 images" in dl.stdout and len(list((tmp_path / "dl").glob("*-seed*.png"))) == 4
+    )
     assert "requeued 0 jobs; 4 images already present" in _farm("resume", cid, env=env).stdout
     assert _farm("cancel", cid, env=env).returncode == 0  # a finished campaign: nothing to cancel
     jsonl = tmp_path / "jobs.jsonl"
@@ -354,45 +361,31 @@ def test_state_folder_is_private(stack, settings):
 
 
 def test_no_port_of_the_stack_serves_or_takes_an_object_without_credentials(
-    stack, farm, seaweed_ports
+    stack, farm, server_pids
 ):
-    """Every port the stack's servers listen on is probed with no credentials: none reads,
-    lists or writes an object (SeaweedFS's filer, volume and master ports included)."""
+    """Every port the stack's processes and its servers listen on (read from the kernel, not
+    from the stack's own list) is probed with no credentials: HTTP reads, listings and writes,
+    a Redis command, plaintext and TLS gRPC. None reads, lists or writes an object."""
     import redis as redis_lib
+
+    from tests import ports as probe
 
     (rec,) = farm.submit([{"prompt": "probe", "seed": 5, "height": 64, "width": 64, **FAST}]).wait(
         timeout=60
     )
     state = stack.read_state()
     bucket, key = state["bucket"], rec.s3_key
-    # The stack's own SeaweedFS (embedded) records its ports; this one is the session's.
-    ports = dict(state.get("seaweed_ports") or seaweed_ports)
-    assert {"s3", "filer", "volume", "master"} <= set(ports), ports
-    host = "http://127.0.0.1"
-    reads = [
-        f"{host}:{ports['s3']}/{bucket}/{key}",
-        f"{host}:{ports['s3']}/{bucket}?list-type=2",
-        f"{host}:{ports['filer']}/buckets/{bucket}/{key}",
-        f"{host}:{ports['filer']}/buckets/{bucket}/",
-    ]
-    for url in reads:
-        assert httpx.get(url, timeout=5).status_code in (401, 403), url
-    writes = [
-        ("PUT", f"{host}:{ports['s3']}/{bucket}/evil.txt"),
-        ("POST", f"{host}:{ports['filer']}/buckets/{bucket}/evil.txt"),
-        ("PUT", f"{host}:{ports['filer']}/buckets/{bucket}/evil.txt"),
-    ]
-    for method, url in writes:
-        resp = httpx.request(method, url, files={"file": ("evil.txt", b"evil")}, timeout=5)
-        assert resp.status_code >= 400, (method, url, resp.status_code)
-    assign = httpx.get(f"{host}:{ports['master']}/dir/assign", timeout=5).json()
-    if "fid" in assign:
-        resp = httpx.post(
-            f"http://{assign['url']}/{assign['fid']}", files={"file": ("e", b"evil")}, timeout=5
-        )
-        assert resp.status_code in (401, 403), resp.status_code
-    assert "evil.txt" not in str(farm.objects.list_keys(""))
-    # Valkey needs its password; the API its token; Flower its login.
+    content = farm.objects.get(key)
+    pids = probe.tree([p.pid for p in stack.procs()] + server_pids)
+    listening = probe.listening(pids)
+    # S3, filer, volume, master, admin and their gRPC ports; Valkey; API; Flower; metrics.
+    assert len(listening) >= 12, listening
+    findings = [f for port in sorted(listening) for f in probe.probe(port, bucket, key, content)]
+    print(f"probed {len(listening)} ports without credentials: {len(findings)} findings")
+    assert findings == []
+    assert not [k for k in farm.objects.list_keys("") if "evil" in k]
+    # And the ones that must answer do refuse: Valkey its password, the API its token,
+    # Flower its login.
     port = int(state["redis_url"].rsplit(":", 1)[1].split("/")[0])
     with pytest.raises(redis_lib.AuthenticationError):
         redis_lib.Redis(port=port, socket_timeout=5).get("farm:feed:epoch")

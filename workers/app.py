@@ -7,6 +7,7 @@ from kombu import Queue
 
 from farm import fleet
 from farm.settings import Settings
+from farm.stores.connect import transport_options
 
 
 def route(name, args, kwargs, options, task=None, **_):
@@ -22,9 +23,17 @@ def celery_config(settings: Settings) -> dict:
         # kombu stamps a delivery once and never refreshes it: a task running longer than this
         # is delivered again (celery#5935). Settings refuse a value below the hard time limit.
         "visibility_timeout": settings.visibility_timeout_s,
+        # A message held by a worker that vanished (host down, link cut) goes back to its queue
+        # at the first sweep after the visibility timeout. kombu sweeps every interval x
+        # throttle seconds (100 s by default): sweep every tenth of the timeout, at most 10 s.
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 10)),
+        "unacked_restore_throttle": 1,
         # Campaign priorities (fleet.level); spelled out so they cannot drift from kombu's.
         "priority_steps": fleet.PRIORITY_STEPS,
         "sep": fleet.PRIORITY_SEP,
+        # Sentinel URL (sentinel://...;sentinel://...): the primary's name, the sentinels'
+        # password. kombu asks the sentinels for the primary on every (re)connection.
+        **transport_options(settings),
     }
     return {
         # JSON only: a pickle message would be code execution on the worker.

@@ -24,6 +24,7 @@ from farm import fleet
 from farm.errors import ModelError
 from farm.families import get
 from farm.settings import Settings
+from farm.stores.connect import redis_client
 
 log = logging.getLogger("farm.worker")
 
@@ -229,7 +230,7 @@ def init(
     ctx = WorkerContext(
         settings=settings,
         app=app,
-        redis=redis.Redis.from_url(settings.redis_url, health_check_interval=30),
+        redis=redis_client(settings, health_check_interval=30),
         stage=stage,
         models=Models(settings, stage, families, resident),
         node=node,

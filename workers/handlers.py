@@ -15,8 +15,9 @@ import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
-from farm import fleet, keys
+from farm import fleet, keys, metrics
 from farm.chains import release_children
 from farm.domain.batching import batch_key
 from farm.domain.jobs import JobSpec, JobState
@@ -34,18 +35,45 @@ from farm.stages import (
     run_single_batch,
 )
 from farm.stores.gather import offer_for
-from farm.stores.records import ACTIVE
+from farm.stores.records import ACTIVE, own_fence, start_fence
+from workers import liveness
 from workers.context import WorkerContext
 
 log = logging.getLogger("farm.worker")
 
 
-def fail(ctx: WorkerContext, job_id: str, campaign_id: str, exc: BaseException) -> None:
+@dataclass(frozen=True)
+class Execution:
+    """One execution of one message: the fencing token of every job move it makes.
+
+    ``message_id`` is the Celery task id (the same on a redelivery or a retry); ``token`` is new
+    for each execution, so after a redelivery only the newest execution can finish a job.
+    """
+
+    message_id: str
+    token: str
+    retries: int = 0
+    last_try: bool = False  # Redis or S3 away now fails the jobs instead of a retry
+
+    @classmethod
+    def of(cls, message_id: str | None, retries: int, last_try: bool = False) -> Execution:
+        token = uuid.uuid4().hex
+        return cls(message_id or token, token, retries, last_try)
+
+
+def fail(
+    ctx: WorkerContext, job_id: str, campaign_id: str, exc: BaseException, execution: str = ""
+) -> None:
+    """Record the job failed, unless a later execution (its message delivered again) holds it."""
     error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
-    moved, _, complete = ctx.records.move(job_id, campaign_id, JobState.FAILED, ACTIVE, error=error)
+    fence = own_fence(execution) if execution else ""
+    moved, _, complete = ctx.records.move(
+        job_id, campaign_id, JobState.FAILED, ACTIVE, fence=fence, error=error
+    )
     if complete:
-        ctx.app.send_task(keys.FINALIZE_TASK, kwargs={"campaign_id": campaign_id})
+        publish(ctx, keys.FINALIZE_TASK, kwargs={"campaign_id": campaign_id})
     if moved:
+        metrics.job_failed(ctx.stage, exc)
         # Chained jobs that read this job's image can never run: fail them too.
         release_children(ctx.redis, ctx.records, ctx.app, job_id, campaign_id, ok=False)
 
@@ -65,12 +93,16 @@ def _images(ctx: WorkerContext, job: JobSpec, inputs: dict[str, str], stage: str
     return {ref: load(ctx.objects.get(inputs[ref]), "L" if ref in grey else "RGB") for ref in refs}
 
 
-def _started(ctx, campaign_id, jobs, stage, to, allowed, retries) -> list[tuple[dict, JobSpec]]:
+def _started(
+    ctx, campaign_id, jobs, stage, to, allowed, ex: Execution
+) -> list[tuple[dict, JobSpec]]:
     """Move the message's jobs into this stage (one round trip); the ones that did not move are
-    cancelled, finished, reset by a resume or unknown, and a job delivered more often than
-    ``max_attempts`` (it killed a worker each time) fails as a poison job."""
+    cancelled, finished, reset by a resume, unknown, or running under another message (a stale
+    or duplicate copy of this one), and a job delivered more often than ``max_attempts`` (it
+    killed a worker each time) fails as a poison job."""
     ids = [job["job_id"] for job in jobs]
-    moved = ctx.records.moves(campaign_id, [(j, {}) for j in ids], to, allowed)
+    fence = start_fence(ex.message_id, ex.token)
+    moved = ctx.records.moves(campaign_id, [(j, {}) for j in ids], to, allowed, fence=fence)
     runs = []
     for job, (ok, was, _) in zip(jobs, moved, strict=True):
         if ok:
@@ -82,9 +114,9 @@ def _started(ctx, campaign_id, jobs, stage, to, allowed, retries) -> list[tuple[
     counts = ctx.records.count_deliveries([j["job_id"] for j in runs], stage)
     out = []
     for job, count in zip(runs, counts, strict=True):
-        if count - retries > ctx.settings.max_attempts:
+        if count - ex.retries > ctx.settings.max_attempts:
             error = PoisonJob(f"{stage} stage delivered {count} times; a worker died each time")
-            fail(ctx, job["job_id"], campaign_id, error)
+            fail(ctx, job["job_id"], campaign_id, error, ex.token)
         else:
             out.append((job, JobSpec.model_validate(job["spec"])))
     return out
@@ -109,7 +141,8 @@ def _send(ctx: WorkerContext, task: str, campaign_id: str, jobs: list[dict]) -> 
         queue = get(spec.model).queue("decoder")
         offer = offer_for(queue, spec, message_id, payload, ctx.settings.batch_max)
         ctx.gathering.offer([offer] if offer else [])
-    ctx.app.send_task(
+    publish(
+        ctx,
         task,
         kwargs=payload,
         task_id=message_id,
@@ -118,7 +151,17 @@ def _send(ctx: WorkerContext, task: str, campaign_id: str, jobs: list[dict]) -> 
     )
 
 
-def _per_job(ctx: WorkerContext, run, items: list):
+def publish(ctx: WorkerContext, task: str, kwargs: dict, **options) -> None:
+    """Send one message with its queue declared first. Redis may have lost kombu's routing
+    table (restarted empty, flushed): a message routed by a missing table is refused or
+    dropped, and a declare (one SADD) puts the table back."""
+    queue = fleet.route(task, kwargs)
+    with ctx.app.producer_or_acquire() as producer:
+        ctx.app.amqp.queues[queue].bind(producer.channel).declare()
+        ctx.app.send_task(task, kwargs=kwargs, producer=producer, **options)
+
+
+def _per_job(ctx: WorkerContext, run, items: list, ex: Execution):
     """Run ``run`` on the whole batch; if that raises, on each item alone, so one bad job fails
     alone and its batch mates still render. Returns (item, result) pairs that succeeded."""
     try:
@@ -136,16 +179,24 @@ def _per_job(ctx: WorkerContext, run, items: list):
         except ServiceUnavailable:
             raise
         except Exception as e:  # this job's own failure, recorded on it
-            fail(ctx, item[0]["job_id"], item[0]["campaign_id"], e)
+            fail(ctx, item[0]["job_id"], item[0]["campaign_id"], e, ex.token)
     return done
 
 
-def prior(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int) -> dict:
+def prior(
+    ctx: WorkerContext, campaign_id: str, jobs: list[dict], ex: Execution | None = None
+) -> dict:
     """A message of compatible jobs through the prior (one call for plain prompts, earlier results
     reused), their embeddings stored, one decoder message for those still wanted."""
+    ex = ex or Execution.of(None, 0)
+    with liveness.running(ctx.redis, ex.token):
+        return _prior(ctx, campaign_id, jobs, ex)
+
+
+def _prior(ctx: WorkerContext, campaign_id: str, jobs: list[dict], ex: Execution) -> dict:
     jobs = [{**job, "campaign_id": job.get("campaign_id") or campaign_id} for job in jobs]
     started = _started(
-        ctx, campaign_id, jobs, "prior", JobState.PRIOR, (JobState.QUEUED, JobState.PRIOR), retries
+        ctx, campaign_id, jobs, "prior", JobState.PRIOR, (JobState.QUEUED, JobState.PRIOR), ex
     )
     if not started:
         return {"jobs": len(jobs), "skipped": True}
@@ -164,11 +215,12 @@ def prior(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int) 
         def run(items):
             embs = []
             for chunk in split(items, ctx.settings.batch_max):
+                metrics.batch("prior", first.model, len(chunk), ctx.settings.batch_max)
                 embs += run_prior_batch(pipe, [spec for _, spec in chunk])
             ctx.embeddings.cache([(spec, emb) for (_, spec), emb in zip(items, embs, strict=True)])
             return embs
 
-        made = {job["job_id"]: emb for (job, _), emb in _per_job(ctx, run, todo)}
+        made = {job["job_id"]: emb for (job, _), emb in _per_job(ctx, run, todo, ex)}
         made |= {job["job_id"]: e for (job, _), e in zip(started, cached, strict=True) if e}
         results = [(item, made[item[0]["job_id"]]) for item in started if item[0]["job_id"] in made]
     else:
@@ -178,6 +230,7 @@ def prior(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int) 
         def run(items):
             out = []
             for job, spec in items:
+                metrics.batch("prior", first.model, 1, ctx.settings.batch_max)
                 images = _images(ctx, spec, job.get("inputs") or {}, "prior")
                 if spec.task.startswith("controlnet"):
                     out.append(run_controlnet_prior(pipe, depth, spec, images))
@@ -185,7 +238,7 @@ def prior(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int) 
                     out.append(run_prior(pipe, spec, images))
             return out
 
-        results = _per_job(ctx, run, started)
+        results = _per_job(ctx, run, started, ex)
     each, end = (time.perf_counter() - t0) / len(started), time.time()
     done = [job for (job, _), _emb in results]
     ctx.embeddings.put_many({job["job_id"]: emb for (job, _), emb in results})
@@ -201,10 +254,12 @@ def prior(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int) 
     }
     spent = {usage_field("prior", first.model, ctx.settings.device): each * len(started)}
     ctx.records.moves(campaign_id, [], JobState.PRIOR, (), timings=timings, usage=spent)
-    # Cancelled while the prior ran: enqueue nothing new for it. (Were the cancel to land after
-    # this check, the decoder's own move out of "prior" would refuse the job.)
-    states = ctx.records.states([job["job_id"] for job in done])
-    onward = [job for job, state in zip(done, states, strict=True) if state == JobState.PRIOR]
+    metrics.prior_ran(first, len(started), len(hits), timings, spent)
+    # Cancelled while the prior ran, or taken over by a redelivery of this message: enqueue
+    # nothing new for it. (Were the cancel to land after this check, the decoder's own move out
+    # of "prior" would refuse the job.)
+    held = ctx.records.held([job["job_id"] for job in done], JobState.PRIOR, ex.token)
+    onward = [job for job, mine in zip(done, held, strict=True) if mine]
     ctx.embeddings.delete_many([j["job_id"] for j in done if j not in onward])
     if onward:
         _send(ctx, keys.DECODER_TASK, campaign_id, onward)
@@ -212,35 +267,40 @@ def prior(ctx: WorkerContext, campaign_id: str, jobs: list[dict], retries: int) 
 
 
 def decoder(
-    ctx: WorkerContext,
-    campaign_id: str,
-    jobs: list[dict],
-    retries: int,
-    message_id: str | None = None,
+    ctx: WorkerContext, campaign_id: str, jobs: list[dict], ex: Execution | None = None
 ) -> dict:
     """A message of compatible jobs, with those it gathers from other queued messages (any
     campaign's), rendered ``batch_max`` at a time, each render's images stored while the next
     one runs. A job moves to "decoding" only when its render starts, so a cancel still stops
     the message's later jobs."""
+    ex = ex or Execution.of(None, 0)
+    with liveness.running(ctx.redis, ex.token):
+        return _decoder(ctx, campaign_id, jobs, ex)
+
+
+def _decoder(ctx: WorkerContext, campaign_id: str, jobs: list[dict], ex: Execution) -> dict:
     jobs = [{**job, "campaign_id": job.get("campaign_id") or campaign_id} for job in jobs]
     first = JobSpec.model_validate(jobs[0]["spec"])
-    taken = _gather(ctx, first, jobs, message_id)
+    taken = _gather(ctx, first, jobs, ex.message_id)
     if taken is None:
-        log.info("message %s was gathered into another decoder's batch", message_id)
+        log.info("message %s was gathered into another decoder's batch", ex.message_id)
         return {"jobs": len(jobs), "skipped": True, "gathered": True}
     try:
-        finished, complete = _decode(ctx, first, jobs + taken, retries)
-    except ServiceUnavailable:
+        finished, complete = _decode(ctx, first, jobs + taken, ex)
+    except ServiceUnavailable as e:
+        if ex.last_try:  # the adapter fails this message's own jobs, we fail those we took
+            for job in taken:
+                fail(ctx, job["job_id"], job["campaign_id"], e, ex.token)
         raise  # retried: the same message id gathers the same jobs again
     except BaseException as e:
         # The task adapter fails this message's own jobs; the gathered ones are ours to fail.
         for job in taken:
-            fail(ctx, job["job_id"], job["campaign_id"], e)
+            fail(ctx, job["job_id"], job["campaign_id"], e, ex.token)
         raise
     for cid in complete:
-        ctx.app.send_task(keys.FINALIZE_TASK, kwargs={"campaign_id": cid})
+        publish(ctx, keys.FINALIZE_TASK, kwargs={"campaign_id": cid})
     if taken:
-        ctx.gathering.release(message_id)
+        ctx.gathering.release(ex.message_id)
     return {"jobs": finished} if finished else {"jobs": len(jobs), "skipped": True}
 
 
@@ -275,7 +335,7 @@ def _by_campaign(items: list, job=lambda item: item) -> dict[str, list]:
     return groups
 
 
-def _decode(ctx: WorkerContext, first: JobSpec, jobs: list[dict], retries: int):
+def _decode(ctx: WorkerContext, first: JobSpec, jobs: list[dict], ex: Execution):
     """Render and store ``jobs``; returns the finished job ids and the campaigns they finished."""
     two_stage = get(first.model).two_stage
     # A single-stage job (Kandinsky 3) arrives here straight from the queue.
@@ -286,6 +346,7 @@ def _decode(ctx: WorkerContext, first: JobSpec, jobs: list[dict], retries: int):
     embs: dict[str, object] = {}
 
     def run(items):
+        metrics.batch("decoder", first.model, len(items), ctx.settings.batch_max)
         specs = [spec for _, spec in items]
         images: dict = {}
         for job, spec in items:
@@ -304,16 +365,20 @@ def _decode(ctx: WorkerContext, first: JobSpec, jobs: list[dict], retries: int):
             chunk = [
                 item
                 for cid, mine in _by_campaign(part).items()
-                for item in _started(ctx, cid, mine, "decoder", JobState.DECODING, allowed, retries)
+                for item in _started(ctx, cid, mine, "decoder", JobState.DECODING, allowed, ex)
             ]
             if two_stage and chunk:
-                chunk = _with_embeddings(ctx, chunk, embs)
+                chunk = _with_embeddings(ctx, chunk, embs, ex)
             if not chunk:
                 continue
             recs = {r.job_id: r for r in ctx.records.get_many([j["job_id"] for j, _ in chunk]) if r}
             waits = _waits(recs.values(), "prior_end_at" if two_stage else "created_at")
             t0 = time.perf_counter()
-            rendered = _per_job(ctx, run, chunk)
+            # A line as each render starts and ends: the chaos suite counts executions per job
+            # (started, and completed: a killed one only starts) from these.
+            log.info("rendering %s", " ".join(job["job_id"] for job, _ in chunk))
+            rendered = _per_job(ctx, run, chunk, ex)
+            log.info("rendered %s", " ".join(job["job_id"] for (job, _), _p in rendered))
             each = (time.perf_counter() - t0) / len(chunk)
             timings = {
                 job["job_id"]: {
@@ -330,16 +395,16 @@ def _decode(ctx: WorkerContext, first: JobSpec, jobs: list[dict], retries: int):
                 for (job, spec), pictures in rendered
             ]
             if pending is not None:
-                ids, done = _finish(ctx, *pending)
+                ids, done = _finish(ctx, *pending, ex)
                 finished, complete = finished + ids, complete | done
             pending = (stores, timings, recs)
         if pending is not None:
-            ids, done = _finish(ctx, *pending)
+            ids, done = _finish(ctx, *pending, ex)
             finished, complete = finished + ids, complete | done
     return finished, complete
 
 
-def _with_embeddings(ctx, chunk, embs: dict) -> list:
+def _with_embeddings(ctx, chunk, embs: dict, ex: Execution) -> list:
     """The jobs whose embeddings are there (fetched into ``embs``); the others go back to the
     prior (expired, or Redis restarted): recomputed, never borrowed from another job."""
     got = ctx.embeddings.get_many([job["job_id"] for job, _ in chunk])
@@ -349,7 +414,9 @@ def _with_embeddings(ctx, chunk, embs: dict) -> list:
         log.warning("%d jobs' embeddings are gone: sending them back to the prior", len(lost))
         for cid, mine in _by_campaign(lost).items():
             back = [(j["job_id"], {}) for j in mine]
-            ctx.records.moves(cid, back, JobState.QUEUED, (JobState.DECODING,))
+            ctx.records.moves(
+                cid, back, JobState.QUEUED, (JobState.DECODING,), fence=own_fence(ex.token)
+            )
             _send(ctx, keys.PRIOR_TASK, cid, mine)
     return [(j, s) for j, s in chunk if j["job_id"] in embs]
 
@@ -361,9 +428,10 @@ def split(items: list, most: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _finish(ctx, stores, timings, recs) -> tuple[list[str], set[str]]:
+def _finish(ctx, stores, timings, recs, ex: Execution) -> tuple[list[str], set[str]]:
     """Wait for one render's stores, then mark its jobs done (one round trip per campaign) and
-    release what waits on them. Returns the jobs and the campaigns they finished."""
+    release what waits on them. Returns the jobs and the campaigns they finished. A job that a
+    newer execution holds now is left to it (its image, the same pixels, is stored either way)."""
     t0 = time.perf_counter()
     stored = [f.result() for f in stores]
     waited, now = time.perf_counter() - t0, time.time()
@@ -374,6 +442,8 @@ def _finish(ctx, stores, timings, recs) -> tuple[list[str], set[str]]:
         if rec and rec.created_at:
             timings[job["job_id"]]["latency"] = now - rec.created_at
     complete: set[str] = set()
+    ended: list[str] = []
+    drop: list[str] = []
     for cid, mine in _by_campaign(stored, job=lambda item: item[0]).items():
         family = JobSpec.model_validate(mine[0][0]["spec"]).model
         spent = {
@@ -389,15 +459,21 @@ def _finish(ctx, stores, timings, recs) -> tuple[list[str], set[str]]:
             (JobState.DECODING,),
             timings={job["job_id"]: timings[job["job_id"]] for job, _ in mine},
             usage=spent,
+            fence=own_fence(ex.token),
         )
-        for (job, _), (ok, _, done) in zip(mine, moved, strict=True):
+        for (job, _), (ok, was, done) in zip(mine, moved, strict=True):
+            if ok or was != JobState.DECODING:
+                drop.append(job["job_id"])
             if ok:
+                ended.append(job["job_id"])
                 # Chained jobs waiting for this image run now, without the client in the loop.
                 release_children(ctx.redis, ctx.records, ctx.app, job["job_id"], cid, ok=True)
             if done:
                 complete.add(cid)
-    ctx.embeddings.delete_many([job["job_id"] for job, _ in stored])
-    return [job["job_id"] for job, _ in stored], complete
+    # Embeddings of a job another execution holds now are that execution's to use.
+    ctx.embeddings.delete_many(drop)
+    metrics.decoded(ctx.settings, stored, timings)
+    return ended, complete
 
 
 def _store(
@@ -468,7 +544,8 @@ def _announce(ctx: WorkerContext, campaign_id: str, results_key: str) -> None:
     claim = keys.webhook_claim(campaign_id, payload["state"], info["finished_at"])
     if not ctx.redis.set(claim, "1", nx=True, ex=ctx.settings.record_ttl_s):
         return
-    ctx.app.send_task(
+    publish(
+        ctx,
         keys.WEBHOOK_TASK,
         kwargs={
             "campaign_id": campaign_id,

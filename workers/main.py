@@ -68,6 +68,7 @@ def _on_worker_init(sender, **_):
         plan = make_plan(list(sender.app.amqp.queues.consume_from or {}), sender.hostname)
         verify(plan)
         placement.plan = plan
+        _start_metrics(sender)
     except (ConfigError, ModelError) as e:
         raise SystemExit(f"farm worker: cannot start: {e}") from None
     logging.getLogger("farm.worker").info(
@@ -80,6 +81,26 @@ def _on_worker_init(sender, **_):
     if "prefork" not in pool:
         # solo / threads run tasks in this process: load here, before consuming.
         _init_or_exit(os.getpid())
+
+
+def _start_metrics(sender) -> None:
+    """Serve Prometheus metrics from the worker's main process (``farm.metrics``).
+
+    Prefork children run the tasks: each writes its values to files in PROMETHEUS_MULTIPROC_DIR
+    and this process serves their sum. The folder is this worker's own, emptied here, before the
+    pool forks; when none is given, one under the state folder named after the worker.
+    """
+    from farm import metrics
+
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    prefork = "prefork" in str(getattr(sender.pool_cls, "__module__", sender.pool_cls))
+    if settings.metrics_listen and prefork and not directory:
+        directory = str(settings.state_dir.resolve() / "metrics" / sender.hostname)
+    if directory:
+        metrics.use_dir(directory)
+    if settings.metrics_listen:
+        host, port = metrics.serve_worker(settings.metrics_listen)
+        logging.getLogger("farm.worker").info("metrics on http://%s:%d/metrics", host, port)
 
 
 def verify(plan: placement.Plan) -> None:

@@ -61,9 +61,10 @@ class Placement(bootsteps.StartStopStep):
     def start(self, c):
         if plan is None:
             return
-        import redis
+        from farm.stores.connect import redis_client
+        from workers.main import settings  # plan is set by workers.main: it is loaded
 
-        self.redis = redis.Redis.from_url(plan.redis_url, health_check_interval=30)
+        self.redis = redis_client(settings, health_check_interval=30)
         self.current = list(plan.families[: plan.resident] if plan.resident else plan.families)
         if plan.resident:
             for family in plan.families:

@@ -36,17 +36,26 @@ def _run(task, handler_name: str, **kwargs) -> dict:
 
     ctx = context.current()
     jobs = kwargs.get("jobs") or []
+    last_try = task.request.retries >= RETRY["max_retries"]
+    token = ""
+    if handler_name in ("prior", "decoder"):
+        # The fencing token of this execution: a job it started cannot be finished or failed
+        # by an earlier execution of the same message that is still running somewhere.
+        ex = handlers.Execution.of(task.request.id, task.request.retries, last_try)
+        kwargs["ex"], token = ex, ex.token
+    else:
+        kwargs["retries"] = task.request.retries
     try:
-        return getattr(handlers, handler_name)(ctx, retries=task.request.retries, **kwargs)
+        return getattr(handlers, handler_name)(ctx, **kwargs)
     except ServiceUnavailable as e:
-        if task.request.retries >= RETRY["max_retries"]:
+        if last_try:
             for job in jobs:
-                handlers.fail(ctx, job["job_id"], kwargs["campaign_id"], e)
+                handlers.fail(ctx, job["job_id"], kwargs["campaign_id"], e, token)
         raise
     except (Exception, SoftTimeLimitExceeded) as e:
         # Record it for the client, then let Celery mark the task failed (Flower shows it).
         for job in jobs:
-            handlers.fail(ctx, job["job_id"], kwargs["campaign_id"], e)
+            handlers.fail(ctx, job["job_id"], kwargs["campaign_id"], e, token)
         raise
 
 
@@ -64,7 +73,6 @@ def register(app: Celery) -> None:
             "decoder",
             campaign_id=campaign_id,
             jobs=_jobs({"jobs": jobs, **single}),
-            message_id=self.request.id,
         )
 
     @app.task(name=keys.FINALIZE_TASK, bind=True, **RETRY)

@@ -53,6 +53,21 @@ def demo_jobs(settings: Settings, *, size: int | None, steps: int | None) -> lis
     ]
 
 
+# What a run writes into its output folder; the next run clears them first.
+OUTPUTS = ("*-seed*.png", "contact_sheet.png", "results.jsonl")
+
+
+def clear_outputs(out_dir: Path) -> int:
+    """Remove a previous run's images, sheet and results from ``out_dir`` (nothing else)."""
+    removed = 0
+    for pattern in OUTPUTS:
+        for f in out_dir.glob(pattern):
+            if f.is_file():
+                f.unlink()
+                removed += 1
+    return removed
+
+
 def run(
     settings: Settings,
     *,
@@ -63,14 +78,12 @@ def run(
     timeout: float = 900,
     echo=print,
 ) -> dict:
-    """Start the stack if needed, render the demo campaign, write the contact sheet, stop.
+    """Start the stack if needed, render the demo campaign, fetch its images, results and
+    contact sheet, say where to look while the stack is up, then stop it (unless ``keep_up``).
 
     Returns:
         A summary: campaign id, S3 URIs, local files, contact sheet, Flower URL, seconds.
     """
-    from diffusers.utils import make_image_grid
-    from PIL import Image
-
     from farm.client import Client
     from farm.local.stack import Stack
 
@@ -79,66 +92,110 @@ def run(
     owned = not stack.running()
     if settings.uses_tiny:
         echo(tiny_notice())
+    if clear_outputs(out_dir):
+        echo(f"cleared the previous run's images from {out_dir}")
     if owned:
         echo(f"starting the local stack in {stack.dir} ...")
-        stack.up()
+        started = time.monotonic()
+        stack.up(progress=lambda line: echo(f"  [{time.monotonic() - started:5.1f}s] {line}"))
     try:
         state = stack.read_state() or {}
         live = settings.with_stack()
         jobs = demo_jobs(settings, size=size, steps=steps)
         with Client.from_settings(live) as client:
             echo(
-                f"submitting {len(jobs)} jobs ({len(PROMPTS)} prompts x {len(SEEDS)} seeds) to {live.api_url}"
+                f"submitting {len(jobs)} jobs ({len(PROMPTS)} prompts x {len(SEEDS)} seeds) "
+                f"to {live.api_url}"
             )
             campaign = client.submit_campaign(jobs, name="demo")
             status = campaign.wait(timeout=timeout, progress=True, poll_s=0.25)
             if status["counts"]["done"] != len(jobs):
                 failed = next(campaign.results(state="failed"), {})
                 raise SystemExit(
-                    f"demo jobs did not all finish: {status['counts']}; first error: {failed.get('error')}"
+                    f"demo jobs did not all finish: {status['counts']}; "
+                    f"first error: {failed.get('error')}"
                 )
             results = list(campaign.results())
-            files = [Path(f) for f in campaign.download(out_dir)]
+            got = _download(campaign, out_dir, deadline=time.monotonic() + 60)
+            # A sign-in link (signed, expiring): a browser cannot send the bearer token.
+            link = client.request("POST", f"/v1/campaigns/{campaign.id}/gallery-link")
+        files = got["images"]
         bucket = live.s3_bucket
         uris = [f"s3://{bucket}/{job['s3_key']}" for job in results]
-        images = []
-        for f in files:
-            with Image.open(f) as im:
-                images.append(im.convert("RGB"))
-        sheet = out_dir / "contact_sheet.png"
-        make_image_grid(images, rows=len(PROMPTS), cols=len(SEEDS)).save(sheet)
+        campaign_uri = uris[0].rsplit("/", 1)[0]
         summary = {
             "campaign_id": campaign.id,
             "s3_uris": uris,
             "files": [str(f) for f in files],
-            "contact_sheet": str(sheet),
+            "contact_sheet": str(got["contact_sheet"]),
+            "results": str(got["results"]),
             "flower_url": state.get("flower_url"),
             "api_url": live.api_url,
+            "gallery_url": live.api_url.rstrip("/") + link["path"],
             "tiny_models": settings.uses_tiny,
             "seconds": round(time.perf_counter() - t0, 2),
         }
         rate = status.get("images_per_second")
         echo(
-            f"\ncampaign {campaign.id}: {len(files)} images in {summary['seconds']}s (render rate {rate} img/s)"
+            f"\ncampaign {campaign.id}: {len(files)} images in {summary['seconds']}s "
+            f"(render rate {rate} img/s)"
         )
         for uri, f in zip(uris, files, strict=True):
             echo(f"  {uri}  ->  {f}")
         echo(
-            f"results manifest: s3://{bucket}/{uris[0].split('/', 3)[3].rsplit('/', 1)[0]}/results.jsonl"
+            f"\nwhere to look{'' if keep_up or not owned else ' (the URLs while the stack is up)'}:"
         )
-        echo(f"contact sheet: {sheet}")
+        echo(f"  images:        {out_dir}/ ({len(files)} PNGs)")
+        echo(f"  contact sheet: {got['contact_sheet']}")
+        echo(f"  results:       {got['results']}  (in S3: {campaign_uri}/results.jsonl)")
+        echo(
+            f"  gallery:       {summary['gallery_url']}\n"
+            f"                 (a sign-in link for {link['expires_in_s'] // 60} minutes; a new one: "
+            f"`farm gallery {campaign.id}`)"
+        )
+        echo(f"  API:           {live.api_url}/docs  (token: `farm status --json`)")
         login = (
-            f" (login {state['flower_user']} / {state['flower_password']})"
+            f"  (login {state['flower_user']}; password: `farm status --json`, flower_password)"
             if state.get("flower_user")
             else ""
         )
-        echo(f"Flower: {summary['flower_url']}{login}   API: {live.api_url}/docs")
+        echo(f"  Flower: {summary['flower_url']}{login}")
         return summary
     finally:
         if owned and not keep_up:
-            echo("stopping the local stack (objects stay in its S3 data; `farm demo --keep-up`")
-            echo("keeps it running to browse Flower; `farm up` brings it back)")
+            echo(
+                "\nstopping the local stack (its S3 data stays; `farm up` brings it back). "
+                "To keep it up and browse: `farm demo --keep-up` or `FARM_DEMO_KEEP=1 make demo`, "
+                "then `farm down`."
+            )
             stack.down()
         elif owned:
-            echo("the stack is still up: `farm status`, `farm down`")
+            echo("\nthe stack is still up: `farm status`; `farm down` stops it")
         sys.stdout.flush()
+
+
+def _download(campaign, out_dir: Path, *, deadline: float) -> dict:
+    """Images, results.jsonl and the contact sheet: the campaign's end writes the last two a
+    moment after its last job, so wait for them (bounded); if the sheet never comes, draw it
+    here from the images and results."""
+    while campaign.save_file("contact_sheet.png", out_dir / "contact_sheet.png") is None:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    got = campaign.download_all(out_dir)
+    if got["contact_sheet"] is None:
+        got["contact_sheet"] = _local_sheet(out_dir, got)
+    return got
+
+
+def _local_sheet(out_dir: Path, got: dict) -> Path:
+    import json
+
+    from farm.sheet import Tile, contact_sheet
+
+    jobs = [json.loads(line) for line in got["results"].read_text(encoding="utf-8").splitlines()]
+    done = [j for j in jobs if j["state"] == "done"]
+    tiles = [Tile(f.read_bytes(), job) for f, job in zip(got["images"], done, strict=False)]
+    path = out_dir / "contact_sheet.png"
+    path.write_bytes(contact_sheet(tiles, title="demo"))
+    return path

@@ -205,6 +205,105 @@ def start_valkey(data_dir: Path, port: int, password: str) -> Proc:
     return proc
 
 
+def wait_tcp(host: str, port: int, timeout: float, proc: Proc) -> None:
+    """Wait until ``proc`` listens on ``host:port`` (an address other than loopback)."""
+    deadline = time.monotonic() + timeout
+    child = _CHILDREN.get(proc.pid)
+    while time.monotonic() < deadline:
+        if child is not None and child.poll() is not None:
+            raise StackError(f"{proc.name} ({host}:{port}) exited with {child.returncode}")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise StackError(f"{proc.name}: nothing listens on {host}:{port} after {timeout}s")
+
+
+def start_valkey_node(
+    data_dir: Path,
+    port: int,
+    password: str,
+    *,
+    bind: str = "127.0.0.1",
+    replica_of: tuple[str, int] | None = None,
+) -> Proc:
+    """A Valkey that can be a primary or a replica (``replica_of``) behind Sentinel.
+
+    Both roles carry ``requirepass`` and ``masterauth``: after a failover the old primary comes
+    back as a replica of the new one and must log in there. Otherwise as ``start_valkey``.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    binary = str(valkey_binary())
+    conf = data_dir / "valkey.conf"
+    conf.touch(mode=0o600)
+    lines = [f'requirepass "{password}"', f'masterauth "{password}"']
+    if replica_of:
+        lines.append(f"replicaof {replica_of[0]} {replica_of[1]}")
+    conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    argv = [
+        binary, str(conf),
+        "--port", str(port),
+        "--bind", bind,
+        "--dir", str(data_dir),
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--maxmemory-policy", "noeviction",
+        "--save", "",
+        "--protected-mode", "yes",
+    ]  # fmt: skip
+    name = "valkey-replica" if replica_of else "valkey"
+    proc = spawn(name, argv, data_dir / "valkey.log", marker=binary)
+    wait_tcp(bind, port, 10, proc)
+    return proc
+
+
+def start_sentinel(
+    data_dir: Path,
+    port: int,
+    primary: tuple[str, int],
+    password: str,
+    *,
+    master: str = "mymaster",
+    sentinel_password: str | None = None,
+    bind: str = "127.0.0.1",
+    quorum: int = 1,
+    down_after_ms: int = 5000,
+    failover_timeout_ms: int = 60_000,
+) -> Proc:
+    """A Valkey Sentinel watching ``primary`` under the name ``master``.
+
+    ``password`` is the data servers' (``auth-pass``); ``sentinel_password`` the sentinel's own
+    ``requirepass`` (and what it sends to its peers). Sentinel rewrites its configuration file
+    as it learns replicas and failovers, so the file lives in ``data_dir``.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    binary = str(valkey_binary())
+    conf = data_dir / "sentinel.conf"
+    conf.touch(mode=0o600)
+    lines = [
+        f"port {port}",
+        f"bind {bind}",
+        f'dir "{data_dir}"',
+        f"sentinel monitor {master} {primary[0]} {primary[1]} {quorum}",
+        f'sentinel auth-pass {master} "{password}"',
+        f"sentinel down-after-milliseconds {master} {down_after_ms}",
+        f"sentinel failover-timeout {master} {failover_timeout_ms}",
+        f"sentinel parallel-syncs {master} 1",
+    ]
+    if sentinel_password:
+        lines += [
+            f'requirepass "{sentinel_password}"',
+            f'sentinel sentinel-pass "{sentinel_password}"',
+        ]
+    conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    proc = spawn(
+        "sentinel", [binary, str(conf), "--sentinel"], data_dir / "sentinel.log", marker=binary
+    )
+    wait_tcp(bind, port, 10, proc)
+    return proc
+
+
 def weed_binary() -> str:
     for cand in (Path(sys.executable).parent / "weed",):
         if cand.is_file():
@@ -227,15 +326,17 @@ def _weed_ports(s3_port: int) -> dict[str, int]:
     raise StackError("no free set of ports for SeaweedFS")
 
 
-def start_weed(data_dir: Path, s3_port: int, access_key: str, secret_key: str) -> Proc:
-    """SeaweedFS ``weed mini`` serving S3 on 127.0.0.1 with signature checks on."""
+def start_weed(
+    data_dir: Path, s3_port: int, access_key: str, secret_key: str, host: str = "127.0.0.1"
+) -> Proc:
+    """SeaweedFS ``weed mini`` serving S3 on ``host`` (127.0.0.1) with signature checks on."""
     data_dir.mkdir(parents=True, exist_ok=True)
     binary = weed_binary()
     ports = _weed_ports(s3_port)
     argv = [
         binary, "mini",
         f"-dir={data_dir}",
-        "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        f"-ip={host}", f"-ip.bind={host}",
         f"-master.port={ports['master']}",
         f"-volume.port={ports['volume']}",
         f"-filer.port={ports['filer']}",
@@ -253,7 +354,12 @@ def start_weed(data_dir: Path, s3_port: int, access_key: str, secret_key: str) -
     # make every read and write there need a token only weed's own parts can sign.
     for name in ("SIGNING", "SIGNING_READ", "FILER_SIGNING", "FILER_SIGNING_READ"):
         env[f"WEED_JWT_{name}_KEY"] = secrets.token_urlsafe(32)
+    # Their gRPC ports (port + 10000) would still list and write entries for anyone: mutual TLS
+    # with a CA of the stack's own closes them (``farm.local.pki``).
+    from farm.local.pki import grpc_tls_env
+
+    env.update(grpc_tls_env(data_dir / "tls", host))
     proc = spawn("seaweedfs", argv, data_dir / "weed.log", env=env, marker=binary)
     proc = replace(proc, ports={"s3": s3_port, **ports})
-    wait_port(s3_port, 30, proc)
+    wait_tcp(host, s3_port, 30, proc)
     return proc

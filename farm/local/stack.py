@@ -14,8 +14,11 @@ import secrets
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import SecretStr
 
 from farm import fleet, keys
 from farm.errors import StackError
@@ -29,7 +32,9 @@ from farm.local.servers import (
     start_weed,
     wait_http,
 )
+from farm.metrics import endpoints as metrics_endpoints
 from farm.settings import Settings
+from farm.stores.connect import redis_client
 
 STATE_FILE = "stack.json"
 DEFAULT_WORKERS = {"prior": 1, "decoder": 1}
@@ -68,6 +73,8 @@ def parse_workers(text: str | None) -> dict[str, int]:
 
 def mask(url: str) -> str:
     """The URL with its password replaced, for logs and human output."""
+    if ";" in url:  # Sentinel: one URL per sentinel, each with the password
+        return ";".join(mask(part) for part in url.split(";"))
     parts = urlsplit(url)
     if parts.password:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
@@ -82,6 +89,7 @@ class Stack:
         self.settings = settings
         self.dir = settings.state_dir.resolve()
         self.state_path = self.dir / STATE_FILE
+        self._progress: Callable[[str], None] = lambda line: None  # up()'s progress callback
 
     # -- state file -------------------------------------------------------------------------
 
@@ -109,12 +117,20 @@ class Stack:
 
     # -- up ---------------------------------------------------------------------------------
 
-    def up(self, *, workers: dict[str, int] | None = None, timeout: float = 120.0) -> dict:
+    def up(
+        self,
+        *,
+        workers: dict[str, int] | None = None,
+        timeout: float = 120.0,
+        progress: Callable[[str], None] | None = None,
+    ) -> dict:
         """Start what is not configured externally, then workers, Flower and the API; wait.
 
         Args:
             workers: how many workers per stage (default one each); each serves every enabled
                 family that has the stage.
+            progress: called with a line as each part starts and comes up (the library prints
+                nothing itself; ``farm up`` prints them).
 
 
         Returns:
@@ -123,6 +139,7 @@ class Stack:
         Raises:
             StackError: a part failed to start (everything started so far is stopped).
         """
+        self._progress = progress or (lambda line: None)
         if self.running():
             return self.read_state()
         self.down()  # a half-dead stack from a crash: clear it before starting anew
@@ -140,15 +157,19 @@ class Stack:
         }
         try:
             settings = self._start_servers(state, started)
+            families = ", ".join(settings.enabled_families)
+            self._progress(f"models: checking the parts of {families}")
             self._ensure_models(settings)
             self._ensure_bucket(settings)
+            self._progress(f"s3: bucket {settings.s3_bucket} ready")
             self._start_workers(settings, state, started, ports)
             state["processes"] = [p.to_dict() for p in started]
             self._write_state(state)
+            self._progress("workers: loading their pipelines ...")
             self._wait_workers(settings, timeout)
         except BaseException:
-            for p in reversed(started):
-                p.stop()
+            self._progress("failed: stopping what was started")
+            _stop_all(started)
             self.state_path.unlink(missing_ok=True)
             raise
         return state
@@ -188,6 +209,7 @@ class Stack:
         else:
             port, password = free_port(), secrets.token_urlsafe(24)
             started.append(start_valkey(self.dir / "valkey", port, password))
+            self._progress(f"valkey: up on 127.0.0.1:{port}")
             state["redis_url"] = f"redis://:{password}@127.0.0.1:{port}/0"
             state["embedded_redis"] = True
             update["redis_url"] = state["redis_url"]
@@ -201,6 +223,7 @@ class Stack:
             access, secret = "farm" + secrets.token_hex(8), secrets.token_urlsafe(32)
             weed = start_weed(self.dir / "seaweedfs", port, access, secret)
             started.append(weed)
+            self._progress(f"seaweedfs: S3 up on 127.0.0.1:{port}")
             state["seaweed_ports"] = weed.ports  # all need credentials (a test probes them)
             state.update(
                 s3_endpoint=f"http://127.0.0.1:{port}",
@@ -214,7 +237,8 @@ class Stack:
         state["bucket"] = s.s3_bucket
         if not s.webhook_secret:
             # Tenants' webhook secrets derive from it (GET /v1/webhook-secret gives each its own).
-            update["webhook_secret"] = secrets.token_urlsafe(32)
+            # Kept in the state (0600) so that a worker started again later signs the same way.
+            update["webhook_secret"] = state["webhook_secret"] = secrets.token_urlsafe(32)
         # Written now so that a crash while starting workers still leaves the servers findable.
         state["processes"] = [p.to_dict() for p in started]
         self._write_state(state)
@@ -223,7 +247,9 @@ class Stack:
     def _ensure_models(self, settings: Settings) -> None:
         from farm.local.models import build_tiny
 
-        build_tiny(settings, settings.enabled_families)
+        built = build_tiny(settings, settings.enabled_families)
+        if built:
+            self._progress(f"models: built {len(built)} tiny parts (first start only)")
 
     def _ensure_bucket(self, settings: Settings) -> None:
         from farm.stores.objects import ObjectStore
@@ -257,9 +283,9 @@ class Stack:
 
     def _spawn_workers(self, settings: Settings, state: dict, started: list[Proc], env: dict):
         """Workers per stage, each serving every enabled family with that stage."""
-        celery = [sys.executable, "-m", "celery", "-A", "workers.main"]
         pool = self._pool()
         nodes = state.setdefault("nodes", {})
+        metrics_ports = state.setdefault("metrics_ports", {})  # farm.metrics: one per worker
         tag = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         counts = {
             stage: count
@@ -273,27 +299,63 @@ class Stack:
             if not families:
                 state["worker_counts"][stage] = 0  # no enabled family has this stage
                 continue
-            concurrency, threads = shape[stage]
             for n in range(1, count + 1):
                 name = f"worker-{stage}-{n}"
+                metrics_ports[name] = free_port()
                 # A name of its own, so readiness waits for *these* workers, not any on the broker.
                 nodes[name] = f"{stage}{n}@{tag}"
-                argv = fleet.worker_argv(
-                    stage=stage,
-                    families=families,
-                    node=nodes[name],
-                    pool=pool,
-                    concurrency=concurrency,
-                )
-                worker_env = {
-                    **env,
-                    "FARM_WORKER_STAGE": stage,
-                    "FARM_WORKER_MODELS": ",".join(families),
-                    "FARM_TORCH_THREADS": str(threads),
-                }
-                log = self.dir / "logs" / f"{name}.log"
-                started.append(spawn(name, [*celery, *argv], log, worker_env, "celery"))
+                started.append(self._spawn_worker(settings, state, name, families, pool, env))
+                self._progress(f"{name}: started, serving {', '.join(families)}")
         state["pool"] = pool
+
+    def _spawn_worker(
+        self, settings: Settings, state: dict, name: str, families: list[str], pool: str, env: dict
+    ) -> Proc:
+        """One worker process as ``state`` describes it (its node name, shape, metrics port)."""
+        stage = name.split("-")[1]
+        concurrency, threads = state["worker_shape"][stage]
+        argv = fleet.worker_argv(
+            stage=stage,
+            families=families,
+            node=state["nodes"][name],
+            pool=pool,
+            concurrency=concurrency,
+        )
+        worker_env = {
+            **env,
+            "FARM_WORKER_STAGE": stage,
+            "FARM_WORKER_MODELS": ",".join(families),
+            "FARM_TORCH_THREADS": str(threads),
+            "FARM_METRICS_LISTEN": f"127.0.0.1:{state['metrics_ports'][name]}",
+            "PROMETHEUS_MULTIPROC_DIR": str(self.dir / "metrics" / name),
+        }
+        celery = [sys.executable, "-m", "celery", "-A", "workers.main"]
+        log = self.dir / "logs" / f"{name}.log"
+        return spawn(name, [*celery, *argv], log, worker_env, "celery")
+
+    def respawn(self, name: str) -> Proc:
+        """Start one of the stack's workers again (after it died or was stopped), as it was
+        started: what a process supervisor (systemd, Kubernetes) does for a fleet's workers."""
+        state = self.read_state()
+        if not state or name not in state.get("nodes", {}):
+            raise StackError(f"{name!r} is not a worker of the running stack")
+        old = next((p for p in self.procs(state) if p.name == name), None)
+        if old is not None and old.alive():
+            raise StackError(f"{name} is still running (pid {old.pid})")
+        settings = self.settings.with_stack()
+        if not settings.webhook_secret and state.get("webhook_secret"):
+            secret = SecretStr(state["webhook_secret"])
+            settings = settings.model_copy(update={"webhook_secret": secret})
+        stage = name.split("-")[1]
+        families = [f for f in settings.enabled_families if stage in get(f).stages]
+        proc = self._spawn_worker(
+            settings, state, name, families, state["pool"], self._child_env(settings)
+        )
+        state["processes"] = [
+            proc.to_dict() if p["name"] == name else p for p in state["processes"]
+        ]
+        self._write_state(state)
+        return proc
 
     def _start_workers(
         self, settings: Settings, state: dict, started: list[Proc], ports: dict[str, int]
@@ -326,8 +388,11 @@ class Stack:
         feeder = [sys.executable, "-m", "farm.feeder"]
         started.append(spawn("feeder", feeder, logs / "feeder.log", env, "farm.feeder"))
         # Each must answer as itself: a port merely open may be another server's.
+        self._progress("flower, api, feeder: started")
         wait_http(f"http://127.0.0.1:{port}/healthcheck", "OK", 30, flower)
+        self._progress(f"flower: up on {state['flower_url']}")
         wait_http(f"http://127.0.0.1:{api_port}/healthz", '"ok":true', 30, api)
+        self._progress(f"api: up on {state['api_url']}")
 
     def _start_api(self, settings: Settings, env: dict, state: dict, port: int) -> Proc:
         if settings.api_tokens:
@@ -347,6 +412,7 @@ class Stack:
     def _wait_workers(self, settings: Settings, timeout: float) -> None:
         """Wait until each queue has a worker that answers (its models are loaded by then)."""
         deadline = time.monotonic() + timeout
+        reported: set[str] = set()
         while time.monotonic() < deadline:
             for p in self.procs():
                 if p.name.startswith("worker") and not p.alive():
@@ -354,47 +420,51 @@ class Stack:
                     tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
                     raise StackError(f"{p.name} exited while starting:\n{tail}")
             nodes = (self.read_state() or {}).get("nodes", {})
-            if set(nodes.values()) <= set(worker_queues(settings, timeout=1.0)) and self._loaded(
-                settings
-            ):
+            answering = set(worker_queues(settings, timeout=1.0))
+            loaded = self._loaded(settings)
+            ready = {name for name, node in nodes.items() if node in answering and name in loaded}
+            for name in sorted(ready - reported):
+                self._progress(f"{name}: ready (pipelines loaded, consuming)")
+            reported |= ready
+            if ready >= set(nodes):
                 return
             time.sleep(0.3)
         raise StackError(f"workers did not come up within {timeout}s; see {self.dir / 'logs'}")
 
-    def _loaded(self, settings: Settings) -> bool:
-        """Whether every worker of this stack has loaded its pipelines."""
+    def _loaded(self, settings: Settings) -> set[str]:
+        """The workers of this stack that have loaded their pipelines (every pool process)."""
         import redis
 
         state = self.read_state() or {}
         shape = state.get("worker_shape", {})
         workers = [p for p in self.procs() if p.name.startswith("worker")]
         try:
-            client = redis.Redis.from_url(settings.redis_url)
+            client = redis_client(settings)
             try:
-                for p in workers:
-                    stage = p.name.split("-")[1]
-                    expected = shape.get(stage, (1, 1))[0]  # its pool processes
-                    if int(client.get(keys.worker_loaded(p.pid)) or 0) < expected:
-                        return False
-                return True
+                return {
+                    p.name
+                    for p in workers
+                    # every one of its pool processes
+                    if int(client.get(keys.worker_loaded(p.pid)) or 0)
+                    >= shape.get(p.name.split("-")[1], (1, 1))[0]
+                }
             finally:
                 client.close()
         except redis.RedisError:
-            return False
+            return set()
 
     # -- down / status ----------------------------------------------------------------------
 
     def down(self) -> list[str]:
-        """Stop everything the state file names: Flower, workers, then the servers."""
+        """Stop everything the state file names: API, Flower, feeder and workers at once, then
+        the servers at once (the clients first: a worker whose broker went away first would
+        retry until killed). Each process gets SIGTERM, and SIGKILL if it outstays its time."""
         state = self.read_state()
         if not state:
             return []
-        order = {"api": 0, "flower": 0, "feeder": 0, "seaweedfs": 2, "valkey": 3}  # workers: 1
-        stopped = []
-        for p in sorted(self.procs(state), key=lambda p: order.get(p.name, 1)):
-            if p.alive():
-                stopped.append(p.name)
-            p.stop()
+        procs = self.procs(state)
+        stopped = [p.name for p in procs if p.alive()]
+        _stop_all(procs)
         self.state_path.unlink(missing_ok=True)
         return stopped
 
@@ -423,6 +493,7 @@ class Stack:
             "queues": fleet_state["queues"],
             "workers": fleet_state["workers"],
             "processes": procs,
+            "metrics": metrics_endpoints(state),
             "tiny_models": self.settings.uses_tiny,
         }
 
@@ -432,7 +503,7 @@ def fleet_status(settings: Settings) -> dict:
     import redis
 
     try:
-        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+        client = redis_client(settings, socket_connect_timeout=2)
         try:
             return fleet.fleet(client, settings.enabled_families)
         finally:
@@ -453,6 +524,25 @@ def worker_queues(settings: Settings, timeout: float = 1.0) -> dict[str, list[st
     finally:
         app.close()
     return {node: [q["name"] for q in queues] for node, queues in replies.items()}
+
+
+SERVERS = ("valkey", "seaweedfs", "sentinel")
+
+
+def _stop_all(procs: list[Proc]) -> None:
+    """Stop the clients (API, Flower, feeder, workers) side by side, then the servers side by
+    side: the wait is the slowest one's, not the sum (a Celery worker's warm shutdown alone
+    takes seconds), and no worker loses its broker while shutting down."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for wave in (
+        [p for p in procs if not p.name.startswith(SERVERS)],
+        [p for p in procs if p.name.startswith(SERVERS)],
+    ):
+        if wave:
+            with ThreadPoolExecutor(len(wave)) as pool:
+                for future in [pool.submit(p.stop) for p in wave]:
+                    future.result()
 
 
 def _raw(settings: Settings) -> dict:

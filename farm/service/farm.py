@@ -26,6 +26,7 @@ from farm.service.reconcile import Reconciling
 from farm.service.submit import Submitting
 from farm.service.views import Views
 from farm.settings import Settings
+from farm.stores.connect import redis_client
 from farm.stores.gather import Gathering
 from farm.stores.objects import ObjectStore
 from farm.stores.records import RecordStore
@@ -48,7 +49,7 @@ class Farm(Submitting, Feeding, Reconciling, Views, Control):
     ):
         settings.require_endpoints()
         self.settings = settings
-        self.redis = client or redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+        self.redis = client or redis_client(settings, health_check_interval=30)
         self.records = RecordStore(self.redis, settings.record_ttl_s)
         self.objects = objects or ObjectStore.from_settings(settings)
         if app is None:

@@ -3,8 +3,8 @@
 A job is *in flight* from the moment it is fed until it ends (the set ``farm:inflight`` follows
 every state move). It is *covered* while some message will still run it: a message waiting in
 one of its queues, one a worker holds (kombu's ``unacked`` hash: delivered, not acknowledged),
-the claims of either (jobs a decoder gathered from other messages), or its held chained
-message. A fault can leave a job in flight and uncovered: Redis restarted from an AOF a second
+the claims of either (jobs a decoder gathered from other messages), its held chained message,
+or an execution that says it is alive (``workers.liveness``: the job is running now). A fault can leave a job in flight and uncovered: Redis restarted from an AOF a second
 behind, a message lost with a worker's connection, a feeder that died mid-range. Such a job
 would wait for a human forever; the reconciler (run by the feeder) sends it again.
 
@@ -90,10 +90,13 @@ class Reconciling:
         covered = self.covered()
         now, out, gone = time.time(), {}, []
         candidates = [j for j in members if j not in covered]
+        running = self._running(candidates)
         for job_id, rec in zip(candidates, self.records.get_many(candidates), strict=True):
             if rec is None or rec.state not in ACTIVE:
                 gone.append(keys.job(job_id))  # ended, or expired: not in flight
                 continue
+            if job_id in running:
+                continue  # its execution is alive, whatever became of its message
             if self.redis.exists(keys.pending(job_id)):
                 continue  # a chained job held for its parent
             moved_at = rec.updated_at or rec.created_at or 0.0
@@ -102,6 +105,17 @@ class Reconciling:
         if gone:
             self.redis.srem(keys.INFLIGHT, *gone)
         return out
+
+    def _running(self, job_ids: list[str]) -> set[str]:
+        """The jobs whose current execution says it is alive (``workers.liveness``)."""
+        executions = self.records.executions(job_ids)
+        held = [(j, e) for j, e in zip(job_ids, executions, strict=True) if e]
+        if not held:
+            return set()
+        pipe = self.redis.pipeline(transaction=False)
+        for _, execution in held:
+            pipe.exists(keys.running(execution))
+        return {j for (j, _), n in zip(held, pipe.execute(), strict=True) if n}
 
     def reconcile(
         self, grace_s: float = 60.0, *, campaign_id: str | None = None, recheck_s: float = RECHECK_S
@@ -123,7 +137,10 @@ class Reconciling:
             info = self.records.campaign(cid)
             if info is None:
                 continue
-            moved = self.records.move_many(cid, ids, JobState.QUEUED, ACTIVE)
+            # Only if still unmoved since the scans: a concurrent reconciler or resume that
+            # saw the same job sends it, not both.
+            since = {j: second[j] for j in ids}
+            moved = self.records.move_many(cid, ids, JobState.QUEUED, ACTIVE, unmoved_since=since)
             # Their delivery counts stay: a job that keeps dying is still a poison job.
             again = self._send_again(cid, info["tenant"], moved)
             log.warning("campaign %s: %d jobs no message carried: sent again", cid, len(again))

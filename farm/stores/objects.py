@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from farm import metrics
 from farm.errors import NotFound, ServiceUnavailable
 from farm.settings import Settings
 
@@ -62,6 +65,7 @@ class ObjectStore:
             )
         except (ClientError, BotoCoreError) as e:
             raise ServiceUnavailable(f"s3: cannot put {key}: {e}") from e
+        metrics.uploaded(content_type, len(data))
 
     def put_file(self, key: str, path, content_type: str) -> None:
         """A file of any size (multipart above boto3's threshold), never read whole."""
@@ -71,6 +75,7 @@ class ObjectStore:
             )
         except (ClientError, BotoCoreError) as e:
             raise ServiceUnavailable(f"s3: cannot put {key}: {e}") from e
+        metrics.uploaded(content_type, Path(path).stat().st_size)
 
     def delete(self, key: str) -> None:
         try:

@@ -25,7 +25,7 @@ ACTIVE = (JobState.QUEUED, JobState.PRIOR, JobState.DECODING)
 TERMINAL = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
 
 # KEYS: job, counts, campaign, in-flight set. ARGV: new state, now, allowed states (comma list),
-# field/value...
+# fence (see ``fence``), field/value...
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {0, '', 0} end
@@ -35,14 +35,36 @@ if redis.call('HEXISTS', KEYS[3], 'total') == 0 then return {0, cur, 0} end
 local ok = false
 for s in string.gmatch(ARGV[3], '[^,]+') do if s == cur then ok = true end end
 if not ok then return {0, cur, 0} end
+-- Fencing: a job running in a stage belongs to the message that started it ('owner') and to
+-- that message's latest execution ('exec'). Another message (a stale or duplicate copy) cannot
+-- take it over; a redelivery of the same message can (its earlier execution died, or is
+-- presumed dead), and from then on only the newest execution may finish or fail the job.
+local kind, a, b = string.match(ARGV[4], '^(%a+)|([^|]*)|?(.*)$')
+if kind == 'start' and cur == ARGV[1] then
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  if owner and owner ~= a then return {0, cur, 0} end
+elseif kind == 'own' then
+  local ex = redis.call('HGET', KEYS[1], 'exec')
+  if ex and ex ~= a then return {0, cur, 0} end
+elseif kind == 'at' then
+  -- Compare-and-set on the last move: of several reconcilers that saw the job stranded at
+  -- the same moment, the first moves it and the others find it moved.
+  local at = redis.call('HGET', KEYS[1], 'updated_at')
+  if at and tonumber(at) ~= tonumber(a) then return {0, cur, 0} end
+end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[2])
+if kind == 'start' then
+  redis.call('HSET', KEYS[1], 'owner', a, 'exec', b)
+elseif ARGV[1] ~= 'prior' and ARGV[1] ~= 'decoding' then
+  redis.call('HDEL', KEYS[1], 'owner', 'exec')
+end
 -- The reconciler looks only at jobs in flight: the set follows every move.
 if ARGV[1] == 'done' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled' then
   redis.call('SREM', KEYS[4], KEYS[1])
 else
   redis.call('SADD', KEYS[4], KEYS[1])
 end
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 local complete = 0
 if cur ~= ARGV[1] then
   redis.call('HINCRBY', KEYS[2], cur, -1)
@@ -86,6 +108,22 @@ return 1
 
 def _states(states: Iterable[JobState]) -> str:
     return ",".join(s.value for s in states)
+
+
+def start_fence(message_id: str, execution: str) -> str:
+    """Fence of a move into a running stage: the job becomes this message's and execution's;
+    refused when another message holds the job in that stage."""
+    return f"start|{message_id}|{execution}"
+
+
+def unmoved_fence(updated_at: float) -> str:
+    """Fence of a move made only if the job's last move is still the one seen at ``updated_at``."""
+    return f"at|{updated_at!r}"
+
+
+def own_fence(execution: str) -> str:
+    """Fence of a move out of a running stage: only the job's latest execution may make it."""
+    return f"own|{execution}"
 
 
 class RecordStore:
@@ -186,14 +224,21 @@ class RecordStore:
     # -- move ---------------------------------------------------------------------------------
 
     def move(
-        self, job_id: str, campaign_id: str, to: JobState, allowed: Iterable[JobState], **fields
+        self,
+        job_id: str,
+        campaign_id: str,
+        to: JobState,
+        allowed: Iterable[JobState],
+        *,
+        fence: str = "",
+        **fields,
     ) -> tuple[bool, JobState | None, bool]:
-        """Move a job to ``to`` if it is in one of ``allowed``.
+        """Move a job to ``to`` if it is in one of ``allowed`` (and the ``fence`` holds).
 
         Returns:
             (moved, the state it was in, whether this move finished the campaign).
         """
-        argv: list = [to.value, time.time(), _states(allowed)]
+        argv: list = [to.value, time.time(), _states(allowed), fence]
         for name, value in fields.items():
             argv += [name, value if isinstance(value, str | int | float) else json.dumps(value)]
         try:
@@ -212,11 +257,22 @@ class RecordStore:
         return bool(ok), (JobState(cur) if cur else None), bool(complete)
 
     def move_many(
-        self, campaign_id: str, job_ids: list[str], to: JobState, allowed: Iterable[JobState]
+        self,
+        campaign_id: str,
+        job_ids: list[str],
+        to: JobState,
+        allowed: Iterable[JobState],
+        *,
+        unmoved_since: dict[str, float] | None = None,
     ) -> list[str]:
-        """Move many jobs in pipelined batches; returns the ids that moved."""
+        """Move many jobs in pipelined batches; returns the ids that moved.
+
+        Args:
+            unmoved_since: job id -> the ``updated_at`` seen; a job moved since stays put.
+        """
         moved: list[str] = []
         allowed_s = _states(allowed)
+        since = unmoved_since or {}
         ck = [keys.campaign_counts(campaign_id), keys.campaign(campaign_id), keys.INFLIGHT]
         try:
             for start in range(0, len(job_ids), BATCH):
@@ -225,7 +281,14 @@ class RecordStore:
                 now = time.time()
                 for job_id in chunk:
                     self._transition(
-                        keys=[keys.job(job_id), *ck], args=[to.value, now, allowed_s], client=pipe
+                        keys=[keys.job(job_id), *ck],
+                        args=[
+                            to.value,
+                            now,
+                            allowed_s,
+                            unmoved_fence(since[job_id]) if job_id in since else "",
+                        ],
+                        client=pipe,
                     )
                 for job_id, (ok, _, _) in zip(chunk, pipe.execute(), strict=True):
                     if ok:
@@ -243,6 +306,7 @@ class RecordStore:
         *,
         timings: dict[str, dict[str, float]] | None = None,
         usage: dict[str, float] | None = None,
+        fence: str = "",
     ) -> list[tuple[bool, JobState | None, bool]]:
         """Several jobs' moves (each with its own fields) and timings in one round trip.
 
@@ -250,6 +314,7 @@ class RecordStore:
             moves: (job id, fields to set with the move) pairs.
             timings: job id -> timings to record, before the moves.
             usage: amounts to add to the campaign's usage (images, compute seconds).
+            fence: ``start_fence`` or ``own_fence`` for every move, or none.
 
         Returns:
             (moved, the state it was in, whether this move finished the campaign) per job.
@@ -269,7 +334,7 @@ class RecordStore:
                     pipe.hincrbyfloat(keys.campaign_usage(campaign_id), name, amount)
                 pipe.expire(keys.campaign_usage(campaign_id), self.ttl_s)
             for job_id, fields in moves:
-                argv: list = [to.value, now, allowed_s]
+                argv: list = [to.value, now, allowed_s, fence]
                 for name, value in fields.items():
                     argv += [name, value]
                 self._transition(keys=[keys.job(job_id), *ck], args=argv, client=pipe)
@@ -303,6 +368,32 @@ class RecordStore:
         except redis.RedisError as e:
             raise ServiceUnavailable(f"redis: {e}") from e
         return [None if v is None else JobState(v.decode()) for v in raw]
+
+    def held(self, job_ids: list[str], stage: JobState, execution: str) -> list[bool]:
+        """Whether each job is still in ``stage`` and still this execution's (not cancelled,
+        not taken over by a redelivery of its message)."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hmget(keys.job(job_id), "state", "exec")
+            raw = pipe.execute()
+        except redis.RedisError as e:
+            raise ServiceUnavailable(f"redis: {e}") from e
+        return [
+            state == stage.value.encode() and (ex is None or ex.decode() == execution)
+            for state, ex in raw
+        ]
+
+    def executions(self, job_ids: list[str]) -> list[str | None]:
+        """The execution each job's stage belongs to now (None: not running)."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hget(keys.job(job_id), "exec")
+            raw = pipe.execute()
+        except redis.RedisError as e:
+            raise ServiceUnavailable(f"redis: {e}") from e
+        return [None if v is None else v.decode() for v in raw]
 
     # -- read ---------------------------------------------------------------------------------
 

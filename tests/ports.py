@@ -1,4 +1,4 @@
-"""Probe every port a set of processes listens on, with no credentials, for stored objects.
+"""Processes' children and listening ports; a probe of each port, without credentials, for objects.
 
 The port list comes from the kernel (``/proc/<pid>/fd`` sockets matched against
 ``/proc/net/tcp``), not from what the stack says it opened: a port nobody thought of is probed
@@ -19,8 +19,8 @@ import httpx
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
 
-def tree(pids: list[int]) -> set[int]:
-    """The processes and all their descendants."""
+def _parents() -> dict[int, list[int]]:
+    """Parent pid -> its children's pids, from /proc."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -28,12 +28,23 @@ def tree(pids: list[int]) -> set[int]:
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(stat.parent.name))
+    return children
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (a prefork worker's pool processes)."""
+    return _parents().get(pid, [])
+
+
+def tree(pids: list[int]) -> set[int]:
+    """The processes and all their descendants."""
+    kids = _parents()
     out, todo = set(), list(pids)
     while todo:
         pid = todo.pop()
         if pid not in out:
             out.add(pid)
-            todo += children.get(pid, [])
+            todo += kids.get(pid, [])
     return out
 
 

@@ -15,6 +15,7 @@ from farm.errors import NotFound, ServiceUnavailable
 from farm.local.servers import free_port, start_valkey
 from farm.local.stack import Stack
 from farm.settings import Settings
+from tests.ports import children
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -119,27 +120,13 @@ def test_api_says_503_when_redis_and_s3_are_down(tmp_path):
         farm.status("ab" * 16, tenant="dave")
 
 
-def _children(pid: int) -> list[int]:
-    from pathlib import Path
-
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
 def _kill_pool_while_decoding(handle, worker_pid: int, at_least: int) -> None:
     """SIGKILL every pool process of a worker once ``at_least`` jobs of the campaign decode."""
     import os
     import signal
 
     wait_until(lambda: handle.status()["counts"]["decoding"] >= at_least, 60, 0.02, "jobs decoding")
-    victims = _children(worker_pid)
+    victims = children(worker_pid)
     assert victims, "the decoder worker has no pool process"
     for pid in victims:
         os.kill(pid, signal.SIGKILL)

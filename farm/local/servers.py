@@ -40,21 +40,8 @@ def port_free(port: int) -> bool:
 
 
 def wait_port(port: int, timeout: float, proc: Proc | None = None) -> None:
-    """Wait until something listens on ``port``; fail early if ``proc`` exits meanwhile."""
-    deadline = time.monotonic() + timeout
-    child = _CHILDREN.get(proc.pid) if proc else None
-    while time.monotonic() < deadline:
-        if child is not None and child.poll() is not None:
-            raise StackError(
-                f"{proc.name} (port {port}) exited with {child.returncode} (see its log)"
-            )
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    who = proc.name if proc else "server"
-    raise StackError(f"{who}: nothing listens on 127.0.0.1:{port} after {timeout}s (see its log)")
+    """Wait until something listens on 127.0.0.1:``port``; fail early if ``proc`` exits."""
+    wait_tcp("127.0.0.1", port, timeout, proc)
 
 
 def wait_http(url: str, expect: str, timeout: float, proc: Proc) -> None:
@@ -182,42 +169,24 @@ def valkey_binary() -> Path:
 
 
 def start_valkey(data_dir: Path, port: int, password: str) -> Proc:
-    """Valkey with AOF (queued jobs survive a restart), a password, no eviction."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    binary = str(valkey_binary())
-    argv = [
-        binary,
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--dir", str(data_dir),
-        "--appendonly", "yes",
-        "--appendfsync", "everysec",
-        "--maxmemory-policy", "noeviction",
-        "--save", "",
-        "--protected-mode", "yes",
-    ]  # fmt: skip
-    # The password goes in through a config file, not argv: argv is world-readable in /proc.
-    conf = data_dir / "valkey.conf"
-    conf.touch(mode=0o600)
-    conf.write_text(f'requirepass "{password}"\n', encoding="utf-8")
-    proc = spawn("valkey", [binary, str(conf), *argv[1:]], data_dir / "valkey.log", marker=binary)
-    wait_port(port, 10, proc)
-    return proc
+    """Valkey on 127.0.0.1 with AOF (queued jobs survive a restart), a password, no eviction."""
+    return start_valkey_node(data_dir, port, password)
 
 
-def wait_tcp(host: str, port: int, timeout: float, proc: Proc) -> None:
-    """Wait until ``proc`` listens on ``host:port`` (an address other than loopback)."""
+def wait_tcp(host: str, port: int, timeout: float, proc: Proc | None = None) -> None:
+    """Wait until something listens on ``host:port``; fail early if ``proc`` exits meanwhile."""
     deadline = time.monotonic() + timeout
-    child = _CHILDREN.get(proc.pid)
+    child = _CHILDREN.get(proc.pid) if proc else None
+    who = proc.name if proc else "server"
     while time.monotonic() < deadline:
         if child is not None and child.poll() is not None:
-            raise StackError(f"{proc.name} ({host}:{port}) exited with {child.returncode}")
+            raise StackError(f"{who} ({host}:{port}) exited with {child.returncode} (see its log)")
         with socket.socket() as s:
             s.settimeout(0.2)
             if s.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.05)
-    raise StackError(f"{proc.name}: nothing listens on {host}:{port} after {timeout}s")
+    raise StackError(f"{who}: nothing listens on {host}:{port} after {timeout}s (see its log)")
 
 
 def start_valkey_node(
@@ -231,10 +200,11 @@ def start_valkey_node(
     """A Valkey that can be a primary or a replica (``replica_of``) behind Sentinel.
 
     Both roles carry ``requirepass`` and ``masterauth``: after a failover the old primary comes
-    back as a replica of the new one and must log in there. Otherwise as ``start_valkey``.
+    back as a replica of the new one and must log in there. AOF (``everysec``), no eviction.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     binary = str(valkey_binary())
+    # The password goes in through a config file, not argv: argv is world-readable in /proc.
     conf = data_dir / "valkey.conf"
     conf.touch(mode=0o600)
     lines = [f'requirepass "{password}"', f'masterauth "{password}"']

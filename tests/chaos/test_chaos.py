@@ -38,6 +38,7 @@ from farm.local.servers import Proc, free_port, start_valkey, start_weed
 from farm.local.stack import Stack
 from farm.settings import Settings
 from tests.chaos import checker
+from tests.ports import children
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
@@ -112,20 +113,6 @@ def chaos(tmp_path_factory):
         servers.stop()
 
 
-def _children(pid: int) -> list[int]:
-    from pathlib import Path
-
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
 def _proc(stack: Stack, name: str) -> Proc:
     return next(p for p in stack.procs() if p.name == name)
 
@@ -154,7 +141,7 @@ class Campaign:
 
 def _kill_pool(stack: Stack, name: str) -> int:
     """SIGKILL the pool processes of one worker (prefork starts new ones)."""
-    victims = _children(_proc(stack, name).pid)
+    victims = children(_proc(stack, name).pid)
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
     return len(victims)

@@ -105,3 +105,56 @@ def test_reconciler_leaves_a_job_whose_execution_is_alive(job, own_db):
     assert not redis_client.exists(keys.running("e1"))
     assert farm.reconcile(grace_s=1, campaign_id=cid, recheck_s=0) == [job_id]
     assert records.state(job_id) == JobState.QUEUED
+
+
+def _held_by_a_worker(client, job_id: str, task: str, message_id: str) -> None:
+    """Put a message carrying the job in kombu's ``unacked`` hash, as a worker's delivery."""
+    import base64
+    import json
+
+    body = json.dumps(
+        [[], {"campaign_id": job_id.rsplit("-", 1)[0], "jobs": [{"job_id": job_id}]}, {}]
+    )
+    message = {
+        "body": base64.b64encode(body.encode()).decode(),
+        "headers": {"id": message_id, "task": task},
+    }
+    client.hset("unacked", f"tag-{message_id}", json.dumps([message, "", "decoder.kandinsky-2.2"]))
+
+
+def test_a_job_whose_worker_died_mid_render_is_sent_again_without_waiting_an_hour(job, own_db):
+    """Its message stays in kombu's unacked hash until the visibility timeout (an hour by
+    default); its execution stopped saying it is alive: sent again after the grace."""
+    from farm import keys as k
+    from farm.service import Farm
+
+    records, cid, job_id = job
+    settings, client = own_db
+    farm = Farm(settings, client=client)
+    _start(records, cid, job_id, "p1", "x0")
+    allowed = (JobState.PRIOR, JobState.DECODING)
+    _start(records, cid, job_id, "d1", "x1", JobState.DECODING, allowed)
+    _held_by_a_worker(client, job_id, k.DECODER_TASK, "d1")
+    client.hset(k.job(job_id), "updated_at", time.time() - 3600)
+    assert farm.reconcile(grace_s=1, campaign_id=cid, recheck_s=0) == [job_id]
+    assert records.state(job_id) == JobState.QUEUED
+
+
+def test_a_held_message_not_started_yet_still_covers_its_jobs(job, own_db):
+    """A worker holds a prior message it has not started (the job is still queued): covered,
+    however long; kombu gives it out again if that worker is gone."""
+    from farm import keys as k
+    from farm.service import Farm
+
+    records, cid, job_id = job
+    settings, client = own_db
+    farm = Farm(settings, client=client)
+    _held_by_a_worker(client, job_id, k.PRIOR_TASK, "p1")
+    client.hset(k.job(job_id), "updated_at", time.time() - 3600)
+    assert farm.reconcile(grace_s=1, campaign_id=cid, recheck_s=0) == []
+    # A decoder message held for a job still in the prior stage: not started either.
+    _start(records, cid, job_id, "p1", "x0")
+    client.hdel("unacked", "tag-p1")
+    _held_by_a_worker(client, job_id, k.DECODER_TASK, "d1")
+    client.hset(k.job(job_id), "updated_at", time.time() - 3600)
+    assert farm.reconcile(grace_s=1, campaign_id=cid, recheck_s=0) == []

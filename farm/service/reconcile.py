@@ -1,12 +1,15 @@
 """Reconciling: jobs in flight that no message carries any more are sent again, by themselves.
 
 A job is *in flight* from the moment it is fed until it ends (the set ``farm:inflight`` follows
-every state move). It is *covered* while some message will still run it: a message waiting in
-one of its queues, one a worker holds (kombu's ``unacked`` hash: delivered, not acknowledged),
-the claims of either (jobs a decoder gathered from other messages), its held chained message,
-or an execution that says it is alive (``workers.liveness``: the job is running now). A fault can leave a job in flight and uncovered: Redis restarted from an AOF a second
-behind, a message lost with a worker's connection, a feeder that died mid-range. Such a job
-would wait for a human forever; the reconciler (run by the feeder) sends it again.
+every state move). It is *covered* while something will still run it: a message waiting in one
+of its queues (or its claims: jobs a decoder gathered from other messages), its held chained
+message, an execution that says it is alive (``workers.liveness``: it is running now), or a
+message a worker holds (kombu's ``unacked`` hash) and has not started. A message whose
+execution started and died with its worker covers nothing: kombu would give it out again only
+after the visibility timeout (an hour by default), so its jobs are sent again after the grace.
+A fault can leave a job in flight and uncovered: a worker killed, Redis restarted from an AOF a
+second behind, a message lost with a worker's connection, a feeder that died mid-range. Such a
+job would wait for a human (or an hour); the reconciler (run by the feeder) sends it again.
 
 It errs on the side of waiting: a job counts as stranded only when it is uncovered in two scans
 some seconds apart, with no state move in between and none for ``grace_s`` before. A message
@@ -31,23 +34,31 @@ log = logging.getLogger("farm.reconciler")
 RECHECK_S = 2.0
 
 
-def _message_jobs(raw: dict) -> tuple[str | None, list[str]]:
-    """A kombu message's id and the job ids it carries (empty for other tasks)."""
+def _message_jobs(raw: dict) -> tuple[str | None, str | None, list[str]]:
+    """A kombu message's id, task name and the job ids it carries (none for other tasks)."""
     try:
         args, kwargs, _ = json.loads(base64.b64decode(raw["body"]))
     except (KeyError, ValueError, TypeError):
-        return None, []
+        return None, None, []
     jobs = kwargs.get("jobs") or ([kwargs] if kwargs.get("job_id") else [])
-    return raw.get("headers", {}).get("id"), [j["job_id"] for j in jobs if "job_id" in j]
+    headers = raw.get("headers", {})
+    return headers.get("id"), headers.get("task"), [j["job_id"] for j in jobs if "job_id" in j]
+
+
+# The state a job is in while a message of this task runs it.
+_RUNS_IN = {keys.PRIOR_TASK: JobState.PRIOR.value, keys.DECODER_TASK: JobState.DECODING.value}
 
 
 class Reconciling:
     """Farm's reconciling verbs (mixed into ``Farm``)."""
 
-    def covered(self) -> set[str]:
-        """Job ids some message (queued, held by a worker, claimed, or held for a parent) will
-        still run."""
-        messages: list[dict] = []
+    def covered(self) -> tuple[set[str], dict[str, set[str]]]:
+        """Who will still run each job: (the jobs a queued message or a held parent carries;
+        job -> the states a job is in while the worker-held messages that carry it run it).
+
+        A worker holds a message from its delivery to its acknowledgement (kombu's ``unacked``
+        hash), claims included (the jobs a decoder gathered from other messages).
+        """
         names = fleet.all_queues(self.settings.enabled_families)
         pipe = self.redis.pipeline(transaction=False)
         for queue in names:
@@ -55,28 +66,38 @@ class Reconciling:
                 pipe.lrange(name, 0, -1)
         pipe.hvals("unacked")
         *lists, unacked = pipe.execute()
-        for entries in lists:
-            messages += [json.loads(e) for e in entries]
+        queued = [json.loads(e) for entries in lists for e in entries]
+        held_raw = []
         for entry in unacked:
             try:
-                messages.append(json.loads(entry)[0])
+                held_raw.append(json.loads(entry)[0])
             except (ValueError, IndexError):
                 continue
-        out: set[str] = set()
-        ids = []
-        for raw in messages:
-            message_id, jobs = _message_jobs(raw)
-            out.update(jobs)
+        sure: set[str] = set()
+        held: dict[str, set[str]] = {}
+        claimers: list[tuple[str, str | None]] = []  # (message id, state) for its claims
+        for raw, in_queue in [(r, True) for r in queued] + [(r, False) for r in held_raw]:
+            message_id, task, jobs = _message_jobs(raw)
+            state = None if in_queue else _RUNS_IN.get(task or "", "")
+            for job in jobs:
+                if state is None:
+                    sure.add(job)
+                else:
+                    held.setdefault(job, set()).add(state)
             if message_id:
-                ids.append(message_id)
-        if ids:
+                claimers.append((message_id, state))
+        if claimers:
             pipe = self.redis.pipeline(transaction=False)
-            for message_id in ids:
+            for message_id, _ in claimers:
                 pipe.lrange(keys.claims(message_id), 0, -1)
-            for claimed in pipe.execute():
+            for (_, state), claimed in zip(claimers, pipe.execute(), strict=True):
                 for payload in claimed:
-                    out.update(j["job_id"] for j in json.loads(payload)["jobs"])
-        return out
+                    for job in (j["job_id"] for j in json.loads(payload)["jobs"]):
+                        if state is None:
+                            sure.add(job)
+                        else:
+                            held.setdefault(job, set()).add(state)
+        return sure, held
 
     def _uncovered(self, campaign_id: str | None, grace_s: float) -> dict[str, float]:
         """In-flight jobs no message covers, idle for ``grace_s``: job id -> last move time."""
@@ -87,16 +108,24 @@ class Reconciling:
             members = [j for j in members if j.rsplit("-", 1)[0] == campaign_id]
         if not members:
             return {}
-        covered = self.covered()
+        sure, held = self.covered()
         now, out, gone = time.time(), {}, []
-        candidates = [j for j in members if j not in covered]
-        running = self._running(candidates)
+        candidates = [j for j in members if j not in sure]
+        running, started = self._running(candidates)
         for job_id, rec in zip(candidates, self.records.get_many(candidates), strict=True):
             if rec is None or rec.state not in ACTIVE:
                 gone.append(keys.job(job_id))  # ended, or expired: not in flight
                 continue
             if job_id in running:
                 continue  # its execution is alive, whatever became of its message
+            states = held.get(job_id)
+            if states and not (rec.state.value in states and job_id in started):
+                # A worker holds its message and has not started it (or the record predates
+                # fencing): kombu gives the message out again after the visibility timeout.
+                continue
+            # Else its message's execution started and died with its worker: sent again after
+            # the grace, not an hour later at the visibility timeout (the stale copy, when
+            # kombu restores it, finds the job taken or done and is skipped).
             if self.redis.exists(keys.pending(job_id)):
                 continue  # a chained job held for its parent
             moved_at = rec.updated_at or rec.created_at or 0.0
@@ -106,16 +135,18 @@ class Reconciling:
             self.redis.srem(keys.INFLIGHT, *gone)
         return out
 
-    def _running(self, job_ids: list[str]) -> set[str]:
-        """The jobs whose current execution says it is alive (``workers.liveness``)."""
+    def _running(self, job_ids: list[str]) -> tuple[set[str], set[str]]:
+        """(The jobs whose current execution says it is alive (``workers.liveness``), the jobs
+        an execution started at all.)"""
         executions = self.records.executions(job_ids)
-        held = [(j, e) for j, e in zip(job_ids, executions, strict=True) if e]
-        if not held:
-            return set()
+        started = [(j, e) for j, e in zip(job_ids, executions, strict=True) if e]
+        if not started:
+            return set(), set()
         pipe = self.redis.pipeline(transaction=False)
-        for _, execution in held:
+        for _, execution in started:
             pipe.exists(keys.running(execution))
-        return {j for (j, _), n in zip(held, pipe.execute(), strict=True) if n}
+        alive = {j for (j, _), n in zip(started, pipe.execute(), strict=True) if n}
+        return alive, {j for j, _ in started}
 
     def reconcile(
         self, grace_s: float = 60.0, *, campaign_id: str | None = None, recheck_s: float = RECHECK_S

@@ -243,14 +243,15 @@ def test_campaign_completes_when_a_host_is_cut_off(net, fleet):
             [{"prompt": f"netns {i}", "seed": i, **SMALL} for i in range(N_JOBS)]
         )
         # Cut host A while it holds a message (its log shows one received, not finished).
-        wait_until(
-            lambda: handle.status()["counts"]["done"] >= 2 and _held(logs, "a"),
-            90,
-            0.02,
-            "host A busy after two jobs done",
-        )
+        held: set[str] = set()
+
+        def busy() -> bool:
+            held.clear()
+            held.update(_held(logs, "a"))
+            return bool(held) and handle.status()["counts"]["done"] >= 2
+
+        wait_until(busy, 90, 0.02, "host A busy after two jobs done")
         _ip("link", "set", net["hosts"]["a"]["link"], "down")
-        held = _held(logs, "a")
         assert handle.status()["counts"]["done"] < N_JOBS, "the cut came after the campaign"
         status = handle.wait(timeout=120)
         assert status["counts"]["done"] == N_JOBS, status

@@ -119,6 +119,7 @@ class Proc:
             os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        _reap(self.pid)  # it may have turned zombie between the loop's reap and its check
 
     def to_dict(self) -> dict:
         return {"name": self.name, "pid": self.pid, "marker": self.marker}

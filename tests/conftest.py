@@ -176,3 +176,23 @@ def farm(stack, settings):
 
 def tiny_dir(settings: Settings) -> Path:
     return settings.tiny_dir
+
+
+@pytest.hookimpl(trylast=True)  # after the session fixtures' own teardown (runner's hook)
+def pytest_sessionfinish(session, exitstatus):
+    """The last net: any child a test started and did not reap is named, stopped and reaped, so
+    a run never leaves a process behind (each test stops its own; this says which did not)."""
+    import os
+    import signal
+
+    from farm.local import servers
+
+    for pid, child in list(servers._CHILDREN.items()):
+        if child.poll() is None:
+            print(f"\nconftest: child {pid} still running at the end: {child.args!r:.200}")
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            child.wait(timeout=10)
+        servers._CHILDREN.pop(pid, None)

@@ -53,8 +53,7 @@ def test_embeddings_are_dropped_once_decoded(farm, redis_client):
 
 def test_fidelity_pixel_identical_to_one_process(farm, object_store, settings):
     """The farm's picture equals the guide's two calls in one process (CPU, float32, same seed)."""
-    import torch
-    from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
+    from tests.reference import render_in_one_process
 
     spec = {
         "prompt": "A alien cheeseburger creature eating itself, claymation, cinematic, moody lighting",
@@ -71,24 +70,7 @@ def test_fidelity_pixel_identical_to_one_process(farm, object_store, settings):
     assert rec.state.value == "done", rec.error
     farm_pixels = np.asarray(Image.open(io.BytesIO(object_store.get(rec.s3_key))).convert("RGB"))
 
-    prior = KandinskyV22PriorPipeline.from_pretrained(settings.tiny_dir / "prior")
-    decoder = KandinskyV22Pipeline.from_pretrained(settings.tiny_dir / "decoder")
-    image_embeds, negative_image_embeds = prior(
-        spec["prompt"],
-        negative_prompt=spec["negative_prompt"],
-        guidance_scale=spec["prior_guidance_scale"],
-        num_inference_steps=spec["prior_num_inference_steps"],
-        generator=torch.Generator("cpu").manual_seed(spec["seed"]),
-    ).to_tuple()
-    image = decoder(
-        image_embeds=image_embeds,
-        negative_image_embeds=negative_image_embeds,
-        height=spec["height"],
-        width=spec["width"],
-        guidance_scale=spec["guidance_scale"],
-        num_inference_steps=spec["num_inference_steps"],
-        generator=torch.Generator("cpu").manual_seed(spec["seed"]),
-    ).images[0]
+    image = render_in_one_process(settings.tiny_dir, spec)
     reference = np.asarray(image.convert("RGB"))
     assert reference.shape == farm_pixels.shape == (128, 64, 3)
     assert reference.std() > 0  # not a blank image that would match anything

@@ -71,7 +71,7 @@ def fail(
         job_id, campaign_id, JobState.FAILED, ACTIVE, fence=fence, error=error
     )
     if complete:
-        publish(ctx, keys.FINALIZE_TASK, kwargs={"campaign_id": campaign_id})
+        ctx.app.send_task(keys.FINALIZE_TASK, kwargs={"campaign_id": campaign_id})
     if moved:
         metrics.job_failed(ctx.stage, exc)
         # Chained jobs that read this job's image can never run: fail them too.
@@ -141,24 +141,13 @@ def _send(ctx: WorkerContext, task: str, campaign_id: str, jobs: list[dict]) -> 
         queue = get(spec.model).queue("decoder")
         offer = offer_for(queue, spec, message_id, payload, ctx.settings.batch_max)
         ctx.gathering.offer([offer] if offer else [])
-    publish(
-        ctx,
+    ctx.app.send_task(
         task,
         kwargs=payload,
         task_id=message_id,
         priority=fleet.level(jobs[0].get("priority")),
         kwargsrepr=repr({"campaign_id": campaign_id, "jobs": [j["job_id"] for j in jobs]}),
     )
-
-
-def publish(ctx: WorkerContext, task: str, kwargs: dict, **options) -> None:
-    """Send one message with its queue declared first. Redis may have lost kombu's routing
-    table (restarted empty, flushed): a message routed by a missing table is refused or
-    dropped, and a declare (one SADD) puts the table back."""
-    queue = fleet.route(task, kwargs)
-    with ctx.app.producer_or_acquire() as producer:
-        ctx.app.amqp.queues[queue].bind(producer.channel).declare()
-        ctx.app.send_task(task, kwargs=kwargs, producer=producer, **options)
 
 
 def _per_job(ctx: WorkerContext, run, items: list, ex: Execution):
@@ -298,7 +287,7 @@ def _decoder(ctx: WorkerContext, campaign_id: str, jobs: list[dict], ex: Executi
             fail(ctx, job["job_id"], job["campaign_id"], e, ex.token)
         raise
     for cid in complete:
-        publish(ctx, keys.FINALIZE_TASK, kwargs={"campaign_id": cid})
+        ctx.app.send_task(keys.FINALIZE_TASK, kwargs={"campaign_id": cid})
     if taken:
         ctx.gathering.release(ex.message_id)
     return {"jobs": finished} if finished else {"jobs": len(jobs), "skipped": True}
@@ -544,8 +533,7 @@ def _announce(ctx: WorkerContext, campaign_id: str, results_key: str) -> None:
     claim = keys.webhook_claim(campaign_id, payload["state"], info["finished_at"])
     if not ctx.redis.set(claim, "1", nx=True, ex=ctx.settings.record_ttl_s):
         return
-    publish(
-        ctx,
+    ctx.app.send_task(
         keys.WEBHOOK_TASK,
         kwargs={
             "campaign_id": campaign_id,

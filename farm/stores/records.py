@@ -359,41 +359,31 @@ class RecordStore:
         except redis.RedisError as e:
             raise ServiceUnavailable(f"redis: {e}") from e
 
-    def states(self, job_ids: list[str]) -> list[JobState | None]:
+    def _fields(self, job_ids: list[str], *names: str) -> list[list[bytes | None]]:
+        """Some fields of each job's record (one round trip)."""
         try:
             pipe = self.client.pipeline(transaction=False)
             for job_id in job_ids:
-                pipe.hget(keys.job(job_id), "state")
-            raw = pipe.execute()
+                pipe.hmget(keys.job(job_id), *names)
+            return pipe.execute()
         except redis.RedisError as e:
             raise ServiceUnavailable(f"redis: {e}") from e
-        return [None if v is None else JobState(v.decode()) for v in raw]
+
+    def states(self, job_ids: list[str]) -> list[JobState | None]:
+        rows = self._fields(job_ids, "state")
+        return [None if v is None else JobState(v.decode()) for (v,) in rows]
 
     def held(self, job_ids: list[str], stage: JobState, execution: str) -> list[bool]:
         """Whether each job is still in ``stage`` and still this execution's (not cancelled,
         not taken over by a redelivery of its message)."""
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for job_id in job_ids:
-                pipe.hmget(keys.job(job_id), "state", "exec")
-            raw = pipe.execute()
-        except redis.RedisError as e:
-            raise ServiceUnavailable(f"redis: {e}") from e
         return [
             state == stage.value.encode() and (ex is None or ex.decode() == execution)
-            for state, ex in raw
+            for state, ex in self._fields(job_ids, "state", "exec")
         ]
 
     def executions(self, job_ids: list[str]) -> list[str | None]:
         """The execution each job's stage belongs to now (None: not running)."""
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for job_id in job_ids:
-                pipe.hget(keys.job(job_id), "exec")
-            raw = pipe.execute()
-        except redis.RedisError as e:
-            raise ServiceUnavailable(f"redis: {e}") from e
-        return [None if v is None else v.decode() for v in raw]
+        return [None if v is None else v.decode() for (v,) in self._fields(job_ids, "exec")]
 
     # -- read ---------------------------------------------------------------------------------
 

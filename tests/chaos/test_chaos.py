@@ -25,6 +25,7 @@ import io
 import os
 import secrets
 import signal
+import threading
 import time
 
 import numpy as np
@@ -202,9 +203,11 @@ def test_a_campaign_survives_every_fault_with_no_human(chaos):
         faults.append("FLUSHALL")
 
         c.at(0.55, "S3 freeze")
+        # Frozen for 10 s by the clock while the test goes on watching progress (the next fault
+        # waits for jobs that can only finish once S3 thaws).
         os.killpg(servers.weed.pid, signal.SIGSTOP)
-        time.sleep(10)  # the fault itself: S3 frozen for 10 s
-        os.killpg(servers.weed.pid, signal.SIGCONT)
+        thaw = threading.Timer(10, os.killpg, (servers.weed.pid, signal.SIGCONT))
+        thaw.start()
         faults.append("SIGSTOP SeaweedFS for 10 s")
 
         c.at(0.65, "mid-batch kill")
@@ -213,6 +216,7 @@ def test_a_campaign_survives_every_fault_with_no_human(chaos):
         assert killed > 0
         faults.append("SIGKILL decoder pool processes mid-batch")
 
+        thaw.join()
         status = handle.wait(timeout=300)
         elapsed = time.monotonic() - t0
         jobs = list(handle.stream("jobs"))
@@ -247,33 +251,13 @@ def _same_as_one_process(settings: Settings, objects, jobs: list[dict]) -> None:
     and pictures through the decoder in batches, whose rows differ from a lone call's in the
     last bits (1/255 per channel each, ``test_batching``); a job rendered twice may have had
     other batch mates each time. ``FARM_BATCH_MAX=1`` makes every render bit-identical."""
-    import torch
-    from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
     from PIL import Image
 
-    prior = KandinskyV22PriorPipeline.from_pretrained(settings.tiny_dir / "prior")
-    decoder = KandinskyV22Pipeline.from_pretrained(settings.tiny_dir / "decoder")
-    for pipe in (prior, decoder):
-        pipe.set_progress_bar_config(disable=True)
+    from tests.reference import render_in_one_process
+
     exact = worst = 0
     for job in jobs:
-        spec = job["spec"]
-        seed = spec["seed"]
-        embeds, negative = prior(
-            spec["prompt"],
-            num_inference_steps=spec["prior_num_inference_steps"],
-            guidance_scale=spec.get("prior_guidance_scale", 4.0),
-            generator=torch.Generator("cpu").manual_seed(seed),
-        ).to_tuple()
-        image = decoder(
-            image_embeds=embeds,
-            negative_image_embeds=negative,
-            height=spec["height"],
-            width=spec["width"],
-            num_inference_steps=spec["num_inference_steps"],
-            guidance_scale=spec.get("guidance_scale", 4.0),
-            generator=torch.Generator("cpu").manual_seed(seed),
-        ).images[0]
+        image = render_in_one_process(settings.tiny_dir, job["spec"])
         stored = Image.open(io.BytesIO(objects.get(job["s3_key"]))).convert("RGB")
         farm_px = np.asarray(stored).astype(int)
         ref = np.asarray(image.convert("RGB")).astype(int)

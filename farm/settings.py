@@ -219,13 +219,17 @@ class Settings(BaseSettings):
         None, description="Client: the bearer token to send. Unset: the local stack's."
     )
     api_port: int = Field(
-        8470, ge=0, le=65535, description="API port for the local stack (0 or busy: any free port)."
+        8470,
+        ge=0,
+        le=65535,
+        description="API port for the local stack (0: any free port; `farm up` refuses a taken one).",
     )
     flower_port: int = Field(
         5555,
         ge=0,
         le=65535,
-        description="Flower port for the local stack (0 or busy: any free port).",
+        description="Flower port for the local stack (0: any free port; `farm up` refuses a taken "
+        "one).",
     )
     metrics_listen: str | None = Field(
         None,

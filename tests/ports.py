@@ -3,8 +3,10 @@
 The port list comes from the kernel (``/proc/<pid>/fd`` sockets matched against
 ``/proc/net/tcp``), not from what the stack says it opened: a port nobody thought of is probed
 too. Every port gets every probe whatever it is meant to speak: HTTP reads and listings of a
-known object (S3 paths, filer paths), HTTP writes, a Redis command, and a plaintext gRPC
-(HTTP/2) handshake and a TLS handshake without a client certificate.
+known object (S3 paths, filer paths), HTTP writes, SeaweedFS master's API (a volume token
+from ``/dir/assign`` or ``/dir/lookup`` and the write or read it opens, ``/submit``,
+``/col/delete``), a Redis command, and a plaintext gRPC (HTTP/2) handshake and a TLS handshake
+without a client certificate.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -103,8 +106,83 @@ def _tls_without_cert(port: int) -> bool:
     return len(head) == 9 and head[3] == 0x04
 
 
-def probe(port: int, bucket: str, key: str, content: bytes) -> list[str]:
-    """What this port gave away or took without credentials (empty: nothing)."""
+def _call(http: httpx.Client, method: str, url: str, **kw) -> httpx.Response | None:
+    try:
+        return http.request(method, url, **kw)
+    except httpx.HTTPError:
+        return None
+
+
+def _json(resp: httpx.Response | None) -> dict:
+    try:
+        body = resp.json() if resp is not None else {}
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def master_api(http: httpx.Client, base: str, port: int) -> list[str]:
+    """SeaweedFS master's HTTP API, as a client with no credentials would use it: a signed
+    volume token (write: ``/dir/assign``, ``/dir/lookup``; read: ``/dir/lookup?read=yes``)
+    and what it opens, a write by the master itself (``/submit``), and a collection delete
+    (``/col/delete`` of a collection that does not exist: reaching it is the finding)."""
+    findings = []
+    assign = _call(http, "GET", f"{base}/dir/assign")
+    fid = _json(assign).get("fid")
+    if assign is not None and fid:
+        token = assign.headers.get("Authorization")
+        findings.append(
+            f"{port}: GET /dir/assign -> {assign.status_code} fid {fid} token {bool(token)}"
+        )
+        volume = f"http://{_json(assign).get('url')}/{fid}"
+        auth = {"Authorization": token} if token else {}
+        wrote = _call(http, "POST", volume, files={"file": ("e", b"evil")}, headers=auth)
+        if wrote is not None and wrote.status_code < 300:
+            findings.append(
+                f"{port}: volume write {fid} with /dir/assign's token -> {wrote.status_code}"
+            )
+    # With no fid of its own, a client asks for the volumes every store has (1.. of mini's 7).
+    fids = [fid] if fid else [f"{v},01637037d6" for v in range(1, 8)]
+    for candidate in fids:
+        for read in ("yes", "no"):
+            params = {"fileId": candidate, "read": read}
+            lookup = _call(http, "GET", f"{base}/dir/lookup", params=params)
+            token = lookup.headers.get("Authorization") if lookup is not None else None
+            if not token:
+                continue
+            kind = "read" if read == "yes" else "write"
+            findings.append(
+                f"{port}: /dir/lookup?fileId={candidate}&read={read} gave a {kind} token"
+            )
+            locations = _json(lookup).get("locations") or [{}]
+            if read == "yes" and candidate == fid and locations[0].get("url"):
+                got = _call(
+                    http,
+                    "GET",
+                    f"http://{locations[0]['url']}/{fid}",
+                    headers={"Authorization": token},
+                )
+                if got is not None and got.status_code == 200 and got.content == b"evil":
+                    findings.append(
+                        f"{port}: volume read {fid} with /dir/lookup's read token -> 200"
+                    )
+    submit = _call(http, "POST", f"{base}/submit", files={"file": ("e", b"evil")})
+    if submit is not None and submit.status_code < 300 and _json(submit).get("fid"):
+        findings.append(f"{port}: POST /submit -> {submit.status_code} (the master wrote it)")
+    gone = _call(http, "GET", f"{base}/col/delete", params={"collection": "probe-no-such"})
+    # weed answers 400 "collection ... does not exist" (204 had it existed); metrics ports
+    # answer 200 to any path.
+    if gone is not None and (gone.status_code == 204 or "does not exist" in gone.text):
+        findings.append(f"{port}: GET /col/delete -> {gone.status_code}: deletes a bucket's data")
+    return findings
+
+
+def probe(
+    port: int, bucket: str, key: str, content: bytes, tally: Counter | None = None
+) -> list[str]:
+    """What this port gave away or took without credentials (empty: nothing); ``tally``
+    counts the requests sent (``http``) and the raw protocol probes (``raw``)."""
+    tally = Counter() if tally is None else tally
     base = f"http://127.0.0.1:{port}"
     name = key.rsplit("/", 1)[-1]
     findings = []
@@ -116,7 +194,8 @@ def probe(port: int, bucket: str, key: str, content: bytes) -> list[str]:
         f"{base}/buckets/{bucket}/{key.rsplit('/', 1)[0]}/",
         f"{base}/buckets/{bucket}/{key.rsplit('/', 1)[0]}/?pretty=y",
     ]
-    with httpx.Client(timeout=3) as http:
+    hooks = {"request": [lambda request: tally.update(http=1)]}
+    with httpx.Client(timeout=3, event_hooks=hooks) as http:
         for url in reads:
             try:
                 body = http.get(url).content
@@ -137,19 +216,7 @@ def probe(port: int, bucket: str, key: str, content: bytes) -> list[str]:
                 continue
             if resp.status_code < 300:
                 findings.append(f"{port}: {method} {url} -> {resp.status_code}")
-        try:
-            assign = http.get(f"{base}/dir/assign").json()
-        except (httpx.HTTPError, ValueError):
-            assign = {}
-        if isinstance(assign, dict) and assign.get("fid"):
-            try:
-                resp = http.post(
-                    f"http://{assign['url']}/{assign['fid']}", files={"file": ("e", b"evil")}
-                )
-                if resp.status_code < 300:
-                    findings.append(f"{port}: volume write {assign['fid']} -> {resp.status_code}")
-            except httpx.HTTPError:
-                pass
+        findings += master_api(http, base, port)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
             sock.sendall(b"*2\r\n$4\r\nKEYS\r\n$1\r\n*\r\n")
@@ -158,8 +225,15 @@ def probe(port: int, bucket: str, key: str, content: bytes) -> list[str]:
             findings.append(f"{port}: Redis KEYS answered without a password")
     except OSError:
         pass
+    tally.update(raw=3)  # Redis, plaintext HTTP/2, TLS without a certificate
     if _h2_plaintext(port):
         findings.append(f"{port}: plaintext gRPC/HTTP2 without credentials")
     if _tls_without_cert(port):
         findings.append(f"{port}: TLS gRPC/HTTP2 without a client certificate")
     return findings
+
+
+def probe_all(ports, bucket: str, key: str, content: bytes) -> tuple[list[str], Counter]:
+    """Every probe on every port: (findings, requests sent by kind)."""
+    tally: Counter = Counter()
+    return [f for p in sorted(ports) for f in probe(p, bucket, key, content, tally)], tally

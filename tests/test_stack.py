@@ -88,8 +88,9 @@ def test_flower_sees_workers_and_tasks(stack, farm):
 
 def test_demo_end_to_end_on_embedded_servers(tmp_path):
     """`farm demo` starts its own Valkey + SeaweedFS + workers + Flower, renders, and stops them."""
-    state, out = tmp_path / "state", tmp_path / "out"
-    env = _clean_env(FARM_STATE_DIR=str(state), FARM_FLOWER_PORT="0")
+    state, out, temp = tmp_path / "state", tmp_path / "out", tmp_path / "temp"
+    temp.mkdir()  # its own temp folder: what the stack leaves there shows
+    env = _clean_env(FARM_STATE_DIR=str(state), FARM_FLOWER_PORT="0", TMPDIR=str(temp))
     res = _farm("demo", "--out", str(out), "--size", "64", "--steps", "2", env=env, timeout=400)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "TINY RANDOM-WEIGHT" in res.stdout and "FARM_PRIOR_MODEL=" in res.stdout
@@ -100,8 +101,9 @@ def test_demo_end_to_end_on_embedded_servers(tmp_path):
 
         assert sheet.size == Geometry(SHEET_THUMB, 3, 2, True, True).size
     assert len(list(out.glob("*-seed*.png"))) == 6
-    # Everything it started is gone again.
-    assert not (state / "stack.json").exists()
+    # Everything it started is gone again; weed's logs stayed in the state folder.
+    assert not (state / "stack.json").exists() and not list(temp.glob("*weed*"))
+    assert list((state / "seaweedfs" / "logs").glob("weed.*.log.INFO.*"))
     down = _farm("status", "--json", env=env)
     assert json.loads(down.stdout)["running"] is False
     for pidfile_proc in Path("/proc").glob("[0-9]*"):
@@ -361,11 +363,13 @@ def test_state_folder_is_private(stack, settings):
 
 
 def test_no_port_of_the_stack_serves_or_takes_an_object_without_credentials(
-    stack, farm, server_pids
+    stack, farm, server_pids, seaweed_ports
 ):
     """Every port the stack's processes and its servers listen on (read from the kernel, not
     from the stack's own list) is probed with no credentials: HTTP reads, listings and writes,
-    a Redis command, plaintext and TLS gRPC. None reads, lists or writes an object."""
+    SeaweedFS master's token paths (/dir/assign -> write, /dir/lookup?read=yes -> read,
+    /submit, /col/delete), a Redis command, plaintext and TLS gRPC. None reads, lists or
+    writes an object, or hands out a token that would."""
     import redis as redis_lib
 
     from tests import ports as probe
@@ -380,8 +384,9 @@ def test_no_port_of_the_stack_serves_or_takes_an_object_without_credentials(
     listening = probe.listening(pids)
     # S3, filer, volume, master, admin and their gRPC ports; Valkey; API; Flower; metrics.
     assert len(listening) >= 12, listening
-    findings = [f for port in sorted(listening) for f in probe.probe(port, bucket, key, content)]
-    print(f"probed {len(listening)} ports without credentials: {len(findings)} findings")
+    assert set(seaweed_ports.values()) <= set(listening), (seaweed_ports, listening)
+    findings, tally = probe.probe_all(listening, bucket, key, content)
+    print(f"probed {len(listening)} ports without credentials ({tally}): {findings}")
     assert findings == []
     assert not [k for k in farm.objects.list_keys("") if "evil" in k]
     # And the ones that must answer do refuse: Valkey its password, the API its token,

@@ -10,6 +10,7 @@ import os
 import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -84,6 +85,10 @@ class Proc:
     pid: int
     marker: str  # a string its /proc cmdline must contain, to refuse signalling a reused PID
     ports: dict = field(default_factory=dict, compare=False)  # what it listens on, by role
+    leftovers: tuple = ()  # sockets it leaves outside its folder, removed once it is stopped
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "leftovers", tuple(self.leftovers))  # a list from stack.json
 
     def alive(self) -> bool:
         try:
@@ -97,10 +102,12 @@ class Proc:
         """SIGTERM the process group, wait, then SIGKILL what is left."""
         if not self.alive():
             _reap(self.pid)
+            self._remove_leftovers()
             return
         try:
             os.killpg(self.pid, signal.SIGTERM)
         except ProcessLookupError:
+            self._remove_leftovers()
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -120,9 +127,21 @@ class Proc:
         except (ProcessLookupError, PermissionError):
             pass
         _reap(self.pid)  # it may have turned zombie between the loop's reap and its check
+        self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        """Unlink the sockets it left, if they are sockets and ours (never another's file)."""
+        for path in self.leftovers:
+            try:
+                st = os.lstat(path)
+                if stat.S_ISSOCK(st.st_mode) and st.st_uid == os.getuid():
+                    os.unlink(path)
+            except OSError:
+                pass
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "pid": self.pid, "marker": self.marker}
+        out = {"name": self.name, "pid": self.pid, "marker": self.marker}
+        return {**out, "leftovers": list(self.leftovers)} if self.leftovers else out
 
 
 # Popen objects of the children this process started: kept so they are reaped here (a
@@ -301,11 +320,12 @@ def start_weed(
     data_dir: Path, s3_port: int, access_key: str, secret_key: str, host: str = "127.0.0.1"
 ) -> Proc:
     """SeaweedFS ``weed mini`` serving S3 on ``host`` (127.0.0.1) with signature checks on."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "logs").mkdir(mode=0o700, parents=True, exist_ok=True)
     binary = weed_binary()
     ports = _weed_ports(s3_port)
     argv = [
-        binary, "mini",
+        # glog's files (weed.*.INFO ...) would go to the temp folder and stay after a stop.
+        binary, f"-logdir={data_dir / 'logs'}", "mini",
         f"-dir={data_dir}",
         f"-ip={host}", f"-ip.bind={host}",
         f"-master.port={ports['master']}",
@@ -317,6 +337,14 @@ def start_weed(
         "-s3.port.iceberg=0", "-s3.port.lance=0",
         "-master.telemetry=false",
         f"-s3.localSocket={data_dir / 's3.sock'}",
+        f"-filer.localSocket={data_dir / 'filer.sock'}",
+        # No HTTP API on the master and the filer: the master's /dir/assign and /dir/lookup
+        # hand a signed volume token (write, or read with read=yes) to whoever asks, /submit
+        # writes for them, /col/delete drops a bucket's volumes. An IP white list cannot tell
+        # the stack's parts from another local user (all come from 127.0.0.1), and mini's also
+        # guards the volume, where it refuses the S3 gateway's own writes (tried: S3 PUT 500).
+        # The parts talk gRPC under mutual TLS; S3 needs nothing more.
+        "-disableHttp",
     ]  # fmt: skip
     # Auth is enforced only when the keys are in weed's environment.
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
@@ -331,6 +359,9 @@ def start_weed(
 
     env.update(grpc_tls_env(data_dir / "tls", host))
     proc = spawn("seaweedfs", argv, data_dir / "weed.log", env=env, marker=binary)
-    proc = replace(proc, ports={"s3": s3_port, **ports})
+    # weed puts its parts' gRPC sockets in /tmp whatever the flags say: removed after a stop.
+    ports = {"s3": s3_port, **ports}
+    sockets = tuple(f"/tmp/seaweedfs-{n}-grpc-{p + 10000}.sock" for n, p in ports.items())
+    proc = replace(proc, ports=ports, leftovers=sockets)
     wait_tcp(host, s3_port, 30, proc)
     return proc

@@ -89,7 +89,8 @@ class Control:
         """Re-enqueue every job whose output is missing, rebuilding Redis state from S3 if lost.
 
         Returns:
-            {"requeued": n, "present": m}
+            {"requeued": n, "present": m}: n is every job that will run again (sent again now,
+            or fed later: the ones a cancel stopped before they were fed).
         """
         prefix = self.settings.s3_prefix
         if not is_id(campaign_id):
@@ -105,7 +106,8 @@ class Control:
             total = int(self.records.campaign(campaign_id)["total"])
             return {"requeued": total - found, "present": found}
         info = self._info(campaign_id, tenant)
-        self.redis.register_script(_UNCANCEL)(
+        # The unfed jobs a cancel counted out are the feeder's again: they run too.
+        restored = self.redis.register_script(_UNCANCEL)(
             keys=[
                 keys.campaign(campaign_id),
                 keys.campaign_counts(campaign_id),
@@ -139,7 +141,7 @@ class Control:
         stranded = self.reconcile(grace_s=0.0, campaign_id=campaign_id)
         self._finalize_if_complete(campaign_id)
         self.feed_once()
-        return {"requeued": len(requeue) + len(stranded), "present": whole}
+        return {"requeued": len(requeue) + len(stranded) + int(restored), "present": whole}
 
     def _requeue(self, campaign_id: str, tenant: str, job_ids: list[str]) -> None:
         if not job_ids:

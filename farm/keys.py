@@ -188,3 +188,20 @@ def input_object(prefix: str, tenant: str, ref: str) -> str:
 def running(execution: str) -> str:
     """String with a TTL: this execution of a task is alive (its worker process refreshes it)."""
     return f"{PREFIX}running:{execution}"
+
+
+def running_message(message_id: str) -> str:
+    """String with a TTL: an execution of this message is alive (its worker process refreshes it)."""
+    return f"{PREFIX}running-message:{message_id}"
+
+
+# Hash: kombu delivery tag -> "<holder>|<received at>": which worker process holds the message
+# (``workers.holding``); the reconciler drops an entry once kombu's ``unacked`` no longer has it.
+HOLDERS = f"{PREFIX}holders"
+# Hash: holder -> when a reconciler first found it silent (Redis time); cleared when it speaks.
+HOLDERS_SILENT = f"{PREFIX}holders:silent"
+
+
+def holder(holder_id: str) -> str:
+    """String with a TTL: this worker process (``<node>/<boot id>``) is alive and holds messages."""
+    return f"{PREFIX}holder:{holder_id}"

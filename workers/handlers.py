@@ -27,7 +27,6 @@ from farm.families import get
 from farm.stages import (
     TEXT_PRIOR_TASKS,
     cache_zero_embed,
-    png_bytes,
     run_controlnet_prior,
     run_decoder_batch,
     run_prior,
@@ -38,6 +37,8 @@ from farm.stores.gather import offer_for
 from farm.stores.records import ACTIVE, own_fence, start_fence
 from workers import liveness
 from workers.context import WorkerContext
+from workers.storing import by_campaign as _by_campaign
+from workers.storing import finish, store
 
 log = logging.getLogger("farm.worker")
 
@@ -178,7 +179,7 @@ def prior(
     """A message of compatible jobs through the prior (one call for plain prompts, earlier results
     reused), their embeddings stored, one decoder message for those still wanted."""
     ex = ex or Execution.of(None, 0)
-    with liveness.running(ctx.redis, ex.token):
+    with liveness.running(ctx.redis, ex.token, ex.message_id):
         return _prior(ctx, campaign_id, jobs, ex)
 
 
@@ -263,7 +264,7 @@ def decoder(
     one runs. A job moves to "decoding" only when its render starts, so a cancel still stops
     the message's later jobs."""
     ex = ex or Execution.of(None, 0)
-    with liveness.running(ctx.redis, ex.token):
+    with liveness.running(ctx.redis, ex.token, ex.message_id):
         return _decoder(ctx, campaign_id, jobs, ex)
 
 
@@ -317,13 +318,6 @@ def _gather(ctx: WorkerContext, first: JobSpec, jobs: list[dict], message_id: st
         time.sleep(0.005)
 
 
-def _by_campaign(items: list, job=lambda item: item) -> dict[str, list]:
-    groups: dict[str, list] = {}
-    for item in items:
-        groups.setdefault(job(item)["campaign_id"], []).append(item)
-    return groups
-
-
 def _decode(ctx: WorkerContext, first: JobSpec, jobs: list[dict], ex: Execution):
     """Render and store ``jobs``; returns the finished job ids and the campaigns they finished."""
     two_stage = get(first.model).two_stage
@@ -346,11 +340,18 @@ def _decode(ctx: WorkerContext, first: JobSpec, jobs: list[dict], ex: Execution)
             return run_decoder_batch(pipe, specs, rows, images, pad=pad)
         return run_single_batch(pipe, specs, images, pad=pad)
 
-    finished: list[str] = []
-    complete: set[str] = set()
-    with ThreadPoolExecutor(max_workers=8) as pool, ThreadPoolExecutor(max_workers=8) as puts:
-        pending = None  # the previous render's stores, running while the next one renders
+    finishing = []  # one per render, in order: its stores, then its jobs marked done
+    # One finisher thread: a render's jobs turn done as soon as their objects are stored
+    # (progress and the gallery do not wait for the next render), in the order they ran.
+    with (
+        ThreadPoolExecutor(max_workers=8) as pool,
+        ThreadPoolExecutor(max_workers=8) as puts,
+        ThreadPoolExecutor(max_workers=1) as finisher,
+    ):
         for part in split(jobs, ctx.settings.batch_max):
+            for earlier in finishing:
+                if earlier.done():
+                    earlier.result()  # a render's stores failed: stop here, as the last would
             chunk = [
                 item
                 for cid, mine in _by_campaign(part).items()
@@ -380,17 +381,13 @@ def _decode(ctx: WorkerContext, first: JobSpec, jobs: list[dict], ex: Execution)
             # PNG encoding and uploads run in threads (zlib and sockets release the GIL) while
             # the next render starts; a job is done only once its objects exist.
             stores = [
-                pool.submit(_store, ctx, job, spec, pictures, recs, timings, puts)
+                pool.submit(store, ctx, job, spec, pictures, recs, timings, puts)
                 for (job, spec), pictures in rendered
             ]
-            if pending is not None:
-                ids, done = _finish(ctx, *pending, ex)
-                finished, complete = finished + ids, complete | done
-            pending = (stores, timings, recs)
-        if pending is not None:
-            ids, done = _finish(ctx, *pending, ex)
-            finished, complete = finished + ids, complete | done
-    return finished, complete
+            finishing.append(finisher.submit(finish, ctx, stores, timings, recs, ex.token))
+        results = [f.result() for f in finishing]
+    finished = [job for ids, _ in results for job in ids]
+    return finished, {cid for _, done in results for cid in done}
 
 
 def _with_embeddings(ctx, chunk, embs: dict, ex: Execution) -> list:
@@ -415,99 +412,6 @@ def split(items: list, most: int) -> list[list]:
     count = -(-len(items) // max(most, 1))
     size = -(-len(items) // max(count, 1))
     return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def _finish(ctx, stores, timings, recs, ex: Execution) -> tuple[list[str], set[str]]:
-    """Wait for one render's stores, then mark its jobs done (one round trip per campaign) and
-    release what waits on them. Returns the jobs and the campaigns they finished. A job that a
-    newer execution holds now is left to it (its image, the same pixels, is stored either way)."""
-    t0 = time.perf_counter()
-    stored = [f.result() for f in stores]
-    waited, now = time.perf_counter() - t0, time.time()
-    for job, _ in stored:
-        # The part of storing that the next render did not hide (waited for), per job.
-        timings[job["job_id"]]["store"] = waited / max(len(stored), 1)
-        rec = recs.get(job["job_id"])
-        if rec and rec.created_at:
-            timings[job["job_id"]]["latency"] = now - rec.created_at
-    complete: set[str] = set()
-    ended: list[str] = []
-    drop: list[str] = []
-    for cid, mine in _by_campaign(stored, job=lambda item: item[0]).items():
-        family = JobSpec.model_validate(mine[0][0]["spec"]).model
-        spent = {
-            "images": float(sum(job["spec"].get("num_images_per_prompt") or 1 for job, _ in mine)),
-            usage_field("decoder", family, ctx.settings.device): sum(
-                timings[job["job_id"]]["decode"] for job, _ in mine
-            ),
-        }
-        moved = ctx.records.moves(
-            cid,
-            [(job["job_id"], {"s3_key": key}) for job, key in mine],
-            JobState.DONE,
-            (JobState.DECODING,),
-            timings={job["job_id"]: timings[job["job_id"]] for job, _ in mine},
-            usage=spent,
-            fence=own_fence(ex.token),
-        )
-        for (job, _), (ok, was, done) in zip(mine, moved, strict=True):
-            if ok or was != JobState.DECODING:
-                drop.append(job["job_id"])
-            if ok:
-                ended.append(job["job_id"])
-                # Chained jobs waiting for this image run now, without the client in the loop.
-                release_children(ctx.redis, ctx.records, ctx.app, job["job_id"], cid, ok=True)
-            if done:
-                complete.add(cid)
-    # Embeddings of a job another execution holds now are that execution's to use.
-    ctx.embeddings.delete_many(drop)
-    metrics.decoded(ctx.settings, stored, timings)
-    return ended, complete
-
-
-def _store(
-    ctx: WorkerContext,
-    job: dict,
-    spec: JobSpec,
-    pictures: list,
-    recs: dict,
-    timings: dict[str, dict[str, float]],
-    puts: ThreadPoolExecutor,
-) -> tuple[str, str]:
-    """One rendered job's PNGs (parameters in a text chunk) and result record to S3, the
-    uploads side by side (each is a round trip to S3; a lone job waits for all of them)."""
-    job_id, key, campaign_id = job["job_id"], job["key"], job["campaign_id"]
-    t0 = time.perf_counter()
-    targets = keys.image_keys(key, spec.num_images_per_prompt)
-    uploads = []
-    for index, (target, picture) in enumerate(zip(targets, pictures, strict=True)):
-        meta = {"job_id": job_id, "campaign_id": campaign_id, "index": index, **job["spec"]}
-        data = png_bytes(picture, meta)
-        headers = {"job-id": job_id, "seed": str(spec.seed)}
-        uploads.append(puts.submit(ctx.objects.put, target, data, "image/png", metadata=headers))
-    # The record uploads beside the images, so it holds the encoding time, not the upload's
-    # (the job record in Redis has both).
-    timings[job_id]["encode"] = time.perf_counter() - t0
-    rec = recs.get(job_id)
-    result = {
-        "job_id": job_id,
-        "campaign_id": campaign_id,
-        "spec": job["spec"],
-        "seed": spec.seed,
-        "s3_key": key,
-        "s3_keys": targets,
-        "width": pictures[0].width,
-        "height": pictures[0].height,
-        "timings": {**(rec.timings if rec else {}), **timings[job_id]},
-    }
-    record = json.dumps(result, ensure_ascii=False).encode()
-    uploads.append(
-        puts.submit(ctx.objects.put, keys.record_object(key), record, "application/json")
-    )
-    for upload in uploads:
-        upload.result()
-    timings[job_id]["upload"] = time.perf_counter() - t0
-    return job, key
 
 
 def finalize(ctx: WorkerContext, campaign_id: str, retries: int) -> dict:

@@ -5,7 +5,9 @@ hash can lose an entry (Redis restarted from an AOF a second behind) while the w
 rendering; without another sign of life the reconciler would count the job stranded and send
 it a second time. So each execution keeps a key with a short TTL (``keys.running``) refreshed by
 one daemon thread per process: it disappears within ``TTL_S`` of the process dying, and comes
-back within ``REFRESH_S`` after Redis lost it.
+back within ``REFRESH_S`` after Redis lost it. A second key per message
+(``keys.running_message``) tells the reconciler not to give a message back to its queue while
+an execution of it is alive, even if the worker process that received it is gone.
 """
 
 from __future__ import annotations
@@ -33,11 +35,11 @@ _thread: tuple[int, threading.Thread] | None = None
 def _refresh_all() -> None:
     with _lock:
         items = list(_active.items())
-    for execution, client in items:
+    for key, client in items:
         try:
-            client.set(keys.running(execution), "1", ex=TTL_S)
+            client.set(key, "1", ex=TTL_S)
         except redis.RedisError as e:  # Redis away: the next round writes it again
-            log.debug("liveness of %s not written: %s", execution, e)
+            log.debug("liveness %s not written: %s", key, e)
 
 
 def _loop() -> None:
@@ -56,19 +58,24 @@ def _ensure_thread() -> None:
 
 
 @contextlib.contextmanager
-def running(client: redis.Redis, execution: str):
-    """Keep ``keys.running(execution)`` alive while the block runs; delete it after."""
+def running(client: redis.Redis, execution: str, message_id: str | None = None):
+    """Keep ``keys.running(execution)`` (and ``keys.running_message(message_id)``) alive while
+    the block runs; delete them after."""
+    names = [keys.running(execution)] + ([keys.running_message(message_id)] if message_id else [])
     with _lock:
-        _active[execution] = client
+        for name in names:
+            _active[name] = client
         _ensure_thread()
     try:
-        client.set(keys.running(execution), "1", ex=TTL_S)
+        for name in names:
+            client.set(name, "1", ex=TTL_S)
     except redis.RedisError:
         pass  # the stage's own Redis calls will say so; the thread writes it once Redis is back
     try:
         yield
     finally:
         with _lock:
-            _active.pop(execution, None)
+            for name in names:
+                _active.pop(name, None)
         with contextlib.suppress(redis.RedisError):
-            client.delete(keys.running(execution))
+            client.delete(*names)

@@ -17,7 +17,7 @@ from farm import fleet, keys
 from farm.errors import ConfigError, ModelError
 from farm.families import REGISTRY, get
 from farm.settings import Settings
-from workers import context, placement
+from workers import context, holding, placement
 from workers.app import create_app
 from workers.tasks import register
 
@@ -116,6 +116,24 @@ def verify(plan: placement.Plan) -> None:
                 settings.location(part),
                 tiny=settings.is_tiny_location(part),
             )
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(sender, **_):
+    # The main process receives and acknowledges: it says what it holds and that it is alive,
+    # so the messages it held come back soon after it dies, not at the visibility timeout.
+    from farm.stores.connect import redis_client
+
+    # Timeouts: a beat stuck on a dead connection must fail and retry, not fall silent.
+    client = redis_client(
+        settings, health_check_interval=30, socket_timeout=5, socket_connect_timeout=5
+    )
+    holding.start(client, sender.hostname)
+
+
+@signals.task_received.connect
+def _on_task_received(request, **_):
+    holding.received(request)
 
 
 @signals.worker_process_init.connect

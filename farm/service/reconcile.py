@@ -7,6 +7,8 @@ message, an execution that says it is alive (``workers.liveness``: it is running
 message a worker holds (kombu's ``unacked`` hash) and has not started. A message whose
 execution started and died with its worker covers nothing: kombu would give it out again only
 after the visibility timeout (an hour by default), so its jobs are sent again after the grace.
+A message held by a worker process that died (its holder silent: ``farm.stores.unacked``) goes
+back to its queue first, whole, started or not: its jobs are queued again, not stranded.
 A fault can leave a job in flight and uncovered: a worker killed, Redis restarted from an AOF a
 second behind, a message lost with a worker's connection, a feeder that died mid-range. Such a
 job would wait for a human (or an hour); the reconciler (run by the feeder) sends it again.
@@ -20,7 +22,6 @@ its image key is its own.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
@@ -28,21 +29,12 @@ import time
 from farm import fleet, keys
 from farm.domain.jobs import JobState
 from farm.stores.records import ACTIVE
+from farm.stores.unacked import CONFIRM_S, HeldMessages
+from farm.stores.unacked import message_jobs as _message_jobs
 
 log = logging.getLogger("farm.reconciler")
 
 RECHECK_S = 2.0
-
-
-def _message_jobs(raw: dict) -> tuple[str | None, str | None, list[str]]:
-    """A kombu message's id, task name and the job ids it carries (none for other tasks)."""
-    try:
-        args, kwargs, _ = json.loads(base64.b64decode(raw["body"]))
-    except (KeyError, ValueError, TypeError):
-        return None, None, []
-    jobs = kwargs.get("jobs") or ([kwargs] if kwargs.get("job_id") else [])
-    headers = raw.get("headers", {})
-    return headers.get("id"), headers.get("task"), [j["job_id"] for j in jobs if "job_id" in j]
 
 
 # The state a job is in while a message of this task runs it.
@@ -148,10 +140,24 @@ class Reconciling:
         alive = {j for (j, _), n in zip(started, pipe.execute(), strict=True) if n}
         return alive, {j for j, _ in started}
 
+    def give_back(self, confirm_s: float = CONFIRM_S) -> list[str]:
+        """Put the messages of worker processes that died holding them back on their queues
+        (``farm.stores.unacked``). Returns their message ids."""
+        held = HeldMessages(self.redis, fleet.all_queues(self.settings.enabled_families))
+        messages = held.scan()
+        dead = held.dead(messages, confirm_s)
+        back = [m for m in messages if m.holder_id in dead and held.give_back(m)]
+        for holder in sorted({m.holder_id for m in back}):
+            mine = [m.message_id or m.tag for m in back if m.holder_id == holder]
+            log.warning("%s died holding %d messages: back in their queues", holder, len(mine))
+        return [m.message_id or m.tag for m in back]
+
     def reconcile(
         self, grace_s: float = 60.0, *, campaign_id: str | None = None, recheck_s: float = RECHECK_S
     ) -> list[str]:
-        """Send again every stranded job (of one campaign, or all). Returns their ids."""
+        """Send again every stranded job (of one campaign, or all), after giving back the
+        messages of dead workers (whose jobs are then queued, not stranded). Returns their ids."""
+        self.give_back()
         first = self._uncovered(campaign_id, grace_s)
         if not first:
             return []

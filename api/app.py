@@ -12,36 +12,21 @@ import time
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import openapi
+from api.errors import ErrorResponse, http_error, json_body
 from api.gallery import gallery_router
-from farm.domain.campaigns import CampaignSpec, Grid
 from farm.domain.jobs import JobState, field_path
 from farm.errors import Conflict, FarmError, InvalidJob, NotFound, ServiceUnavailable, Unauthorized
 from farm.settings import Settings
 
-
-class ErrorResponse(JSONResponse):
-    """Error bodies are ASCII JSON: they quote the sender's input, which may hold characters
-    that UTF-8 cannot encode (a lone surrogate), and an error must never become a 500."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
-
-
 STATUS = {InvalidJob: 422, NotFound: 404, Unauthorized: 401, Conflict: 409, ServiceUnavailable: 503}
-
-
-class CampaignIn(BaseModel):
-    """A campaign: either `jobs` (a list of job specs) or a `grid`, with shared `defaults`."""
-
-    name: str | None = None
-    jobs: list[dict[str, Any]] | None = None
-    grid: Grid | None = None
-    defaults: dict[str, Any] = {}
 
 
 class ErrorDetail(BaseModel):
@@ -135,6 +120,7 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
 
     app.add_exception_handler(redis.RedisError, _unavailable)
     app.add_exception_handler(BotoCoreError, _unavailable)
+    app.add_exception_handler(StarletteHTTPException, http_error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -238,25 +224,39 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
             }
         return out
 
-    @app.post("/v1/campaigns", status_code=201)
-    def submit_campaign(
-        body: CampaignSpec,
+    # The bodies are read as written and checked by the farm (CampaignSpec.parse), the path the
+    # client's and the CLI's submissions take: no rule of one path is missing from another.
+    # Their schemas are the farm's rules (api/openapi.py).
+    @app.post("/v1/campaigns", status_code=201, openapi_extra=openapi.body("Campaign"))
+    async def submit_campaign(
+        request: Request,
         tenant: Tenant,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> Submitted:
-        return get_farm().submit_campaign(body, tenant=tenant, idempotency_key=idempotency_key)
-
-    @app.post("/v1/jobs", status_code=201)
-    def submit_job(
-        body: dict[str, Any],
-        tenant: Tenant,
-        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-    ) -> Submitted:
-        return get_farm().submit_campaign(
-            {"jobs": [body]}, tenant=tenant, idempotency_key=idempotency_key
+        """A job list or a grid (prompts x seeds x parameter lists), with shared defaults."""
+        body = await json_body(request)
+        return await run_in_threadpool(
+            get_farm().submit_campaign, body, tenant=tenant, idempotency_key=idempotency_key
         )
 
-    @app.post("/v1/inputs", status_code=201)
+    @app.post("/v1/jobs", status_code=201, openapi_extra=openapi.body("Job"))
+    async def submit_job(
+        request: Request,
+        tenant: Tenant,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> Submitted:
+        """One job: a campaign of one."""
+        body = await json_body(request)
+        if not isinstance(body, dict):
+            raise InvalidJob("body", f"must be a JSON object (one job), got {type(body).__name__}")
+        return await run_in_threadpool(
+            get_farm().submit_campaign,
+            {"jobs": [body]},
+            tenant=tenant,
+            idempotency_key=idempotency_key,
+        )
+
+    @app.post("/v1/inputs", status_code=201, openapi_extra=openapi.UPLOAD)
     async def upload_input(request: Request, tenant: Tenant) -> dict:
         """An input image (PNG, JPEG or WebP, raw body) for img2img, inpainting, interpolation."""
         from farm.stores.inputs import MAX_BYTES
@@ -336,7 +336,7 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
         campaign_id: str,
         tenant: Tenant,
         state: JobState | None = None,
-        cursor: str | None = None,
+        cursor: Annotated[str | None, Query(max_length=24, pattern=openapi.CURSOR)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict:
         items, nxt = get_farm().jobs_page(
@@ -357,4 +357,5 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
         return get_farm().resume(campaign_id, tenant=tenant)
 
     app.include_router(gallery_router(get_farm))  # the campaign gallery page (api/gallery.py)
+    openapi.install(app, settings.enabled_families)
     return app

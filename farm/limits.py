@@ -6,8 +6,8 @@ to know the others to print them.
 
 from __future__ import annotations
 
-from farm.domain.campaigns import MAX_GRID_JOBS, MAX_JOBS
-from farm.domain.jobs import MAX_PROMPT_CHARS, MAX_SEED
+from farm.domain.campaigns import EXHAUSTIVE, MAX_GRID_JOBS, MAX_JOBS
+from farm.domain.jobs import MAX_PROMPT_CHARS, MAX_SEED, bounds
 from farm.families import REGISTRY
 from farm.stores.inputs import MAX_BYTES, MAX_PIXELS
 
@@ -19,15 +19,13 @@ def markdown_limits() -> str:
         "|---|---|---|---|---|",
     ]
     for name, family in REGISTRY.items():
-        lim = family.limits
-        prior = (
-            f"{lim.min_prior_steps}–{lim.max_prior_steps}"
-            if lim.min_prior_steps
-            else "— (no prior)"
-        )
+        # The bounds a refusal names (``bounds``), so that the table and the messages agree.
+        b, lim = bounds(family), family.limits
+        lo, hi = b["prior_num_inference_steps"]
+        prior = f"{lo}–{hi}" if lim.min_prior_steps else f"— (no prior; {lo}–{hi} taken, unused)"
         rows.append(
-            f"| `{name}` | {lim.min_side}–{lim.max_side} | {lim.size_multiple} | "
-            f"1–{lim.max_steps} | {prior} |"
+            f"| `{name}` | {b['height'][0]}–{b['height'][1]} | {lim.size_multiple} | "
+            f"{b['num_inference_steps'][0]}–{b['num_inference_steps'][1]} | {prior} |"
         )
     rows += [
         "",
@@ -35,7 +33,9 @@ def markdown_limits() -> str:
         "valid Unicode (a prompt not blank, but for interpolation); guidance scales 0–100; "
         "strengths above 0 and at most 1, with at least one step left (steps × strength ≥ 1); "
         f"seeds 0–{MAX_SEED}; 1–8 images per prompt. A job list holds at most {MAX_JOBS:,} "
-        f"jobs, a grid at most {MAX_GRID_JOBS:,}. Uploads at most {MAX_BYTES // 2**20} MiB and "
+        f"jobs, a grid at most {MAX_GRID_JOBS:,}, with at most {EXHAUSTIVE:,} combinations of "
+        "its parameters other than guidance scales, negative prompts and schedulers (each is "
+        f"checked at submission). Uploads at most {MAX_BYTES // 2**20} MiB and "
         f"{MAX_PIXELS:,} pixels (PNG, JPEG, WebP; masks also as 2-D .npy arrays); campaign "
         "names 200 characters, callback URLs 2,000.",
     ]

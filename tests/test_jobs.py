@@ -18,7 +18,7 @@ def validate(jobs):
     [
         ({"prompt": "x", "height": 100}, "height", "multiple of 64"),
         ({"prompt": "x", "width": 32}, "width", "between 64 and 2048 for kandinsky-2.2 (got 32)"),
-        ({"prompt": "x", "width": 0}, "width", "greater than or equal to 1"),
+        ({"prompt": "x", "width": 0}, "width", "between 64 and 2048 for kandinsky-2.2 (got 0)"),
         ({"prompt": "x", "width": 4096}, "width", "between 64 and 2048 for kandinsky-2.2"),
         (
             {"prompt": "x", "num_inference_steps": 600},
@@ -31,9 +31,15 @@ def validate(jobs):
         (
             {"prompt": "x", "num_inference_steps": 0},
             "num_inference_steps",
-            "greater than or equal to 1",
+            "at least 1 for kandinsky-2.2 (got 0)",
         ),
-        ({"prompt": "x", "prior_num_inference_steps": -3}, "prior_num_inference_steps", ">= 1"),
+        (
+            {"prompt": "x", "prior_num_inference_steps": -3},
+            "prior_num_inference_steps",
+            "at least 2 for kandinsky-2.2 (got -3)",
+        ),
+        ({"prompt": "x", "height": "512"}, "height", "must be a number, not str"),
+        ({"prompt": "x", "seed": True}, "seed", "must be a number, not bool"),
         ({"prompt": "x", "guidance_scale": -1}, "guidance_scale", "greater than or equal to 0"),
         ({"prompt": "x", "seed": -1}, "seed", "greater than or equal to 0"),
         ({"prompt": "x", "stepz": 3}, "stepz", "unknown field"),
@@ -310,3 +316,56 @@ def test_a_huge_grid_is_refused_before_anything_is_built():
     assert time.perf_counter() - t0 < 1.0
     assert e.value.field == "grid" and "10000000 jobs" in e.value.reason
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB
+
+
+def test_jobs_and_grid_together_are_refused_by_parse_naming_both():
+    """Checked when the campaign is read, not only by expand(): submission of a grid never
+    called expand(), so the job list was dropped without a word."""
+    body = {"jobs": [{"prompt": "a"}], "grid": {"prompts": ["b"]}}
+    with pytest.raises(InvalidJob) as exc:
+        CampaignSpec.parse(body)
+    assert exc.value.field == "campaign"
+    assert "'jobs'" in exc.value.reason and "'grid'" in exc.value.reason
+
+
+def test_a_grid_combination_that_fails_only_together_is_refused_at_submission():
+    """Above 10,000 combinations each value used to be checked alone: (kandinsky-2.2, 72 px)
+    passed submission and failed when the feeder computed that job."""
+    from farm.domain.campaigns import plan_grid
+    from farm.domain.manifest import Manifest
+
+    body = {
+        "grid": {
+            "prompts": ["a"],
+            "params": {
+                "model": ["sd-1.5", "kandinsky-2.2"],
+                "height": [64, 72],
+                "guidance_scale": [i / 25 for i in range(2501)],  # 10,004 combinations
+            },
+        },
+        "defaults": {"width": 64},
+    }
+    campaign = CampaignSpec.parse(body)
+    with pytest.raises(InvalidJob) as exc:
+        plan_grid(campaign)
+    assert exc.value.field == "grid.params.height" and "multiple of 64" in exc.value.reason
+    # Without the bad pair, every job the feeder computes is one submission accepted.
+    body["grid"]["params"]["height"] = [64, 128]
+    campaign = CampaignSpec.parse(body)
+    total, seeds, _ = plan_grid(campaign)
+    spec = campaign.model_dump(mode="json")
+    manifest = Manifest("c", "t", "p", total, spec, 0.0, seeds=seeds)
+    for i in range(0, total, 97):
+        manifest.grid_spec(i)
+
+
+def test_a_grid_varying_too_many_coupled_parameters_is_refused_with_the_limit():
+    body = {
+        "grid": {
+            "prompts": ["a"],
+            "params": {"height": [64] * 101, "num_inference_steps": list(range(1, 101))},
+        }
+    }
+    with pytest.raises(InvalidJob) as exc:
+        CampaignSpec.parse(body).expand()
+    assert exc.value.field == "grid.params" and "at most 10000" in exc.value.reason

@@ -15,23 +15,59 @@ import itertools
 import secrets
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from farm.domain.jobs import MAX_PROMPT_CHARS, MAX_SEED, JobSpec, field_path
 from farm.errors import InvalidJob
 
 MAX_JOBS = 100_000  # an explicit job list (it travels in one request body)
 MAX_GRID_JOBS = 1_000_000  # a grid: never expanded whole, fed to the queues as they drain
-EXHAUSTIVE = 10_000  # parameter combinations checked one by one; above, each value alone
-SPEC_FIELDS = set(JobSpec.model_fields)
+EXHAUSTIVE = 10_000  # parameter combinations a grid's submission checks one by one
+SPEC_FIELDS = tuple(JobSpec.model_fields)
+# Parameters that no rule ties to another field (only their own bounds): a grid checks each of
+# their values once, and every combination of the others.
+INDEPENDENT = ("guidance_scale", "prior_guidance_scale", "negative_prompt", "scheduler")
 
 
 class Grid(BaseModel):
+    """Prompts x seeds x parameter lists. Its structure is checked here, on every path; its
+    values (as job specs) by ``plan_grid``."""
+
     model_config = ConfigDict(extra="forbid")
 
     prompts: list[str] = Field(min_length=1)
     seeds: list[int] | int = 1
     params: dict[str, list[Any]] = Field(default_factory=dict)
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _json_number(cls, value):
+        # "3" is not a count, nor true a seed (pydantic's lax mode would take both).
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str | bool) for v in items):
+            raise ValueError("not a valid count or list of integer seeds")
+        return value
+
+    @model_validator(mode="after")
+    def _structure(self) -> Grid:
+        for name, values in self.params.items():
+            if name not in SPEC_FIELDS or name in ("prompt", "seed"):
+                raise ValueError(
+                    f"grid.params.{name}|unknown or not a parameter (prompts and seeds have their "
+                    "own lists)"
+                )
+            if not values:
+                raise ValueError(f"grid.params.{name}|must hold at least one value")
+        if isinstance(self.seeds, int):
+            if not 1 <= self.seeds <= MAX_GRID_JOBS:
+                raise ValueError(f"grid.seeds|a count must be between 1 and {MAX_GRID_JOBS}")
+        elif not self.seeds:
+            raise ValueError("grid.seeds|must hold at least one seed")
+        else:
+            for seed in self.seeds:
+                if not 0 <= seed <= MAX_SEED:
+                    raise ValueError(f"grid.seeds|must be between 0 and {MAX_SEED} (got {seed})")
+        return self
 
 
 class CampaignSpec(BaseModel):
@@ -49,6 +85,26 @@ class CampaignSpec(BaseModel):
     # POSTed a signed summary when the campaign ends (farm.webhooks); checked at submission.
     callback_url: str | None = Field(None, max_length=2000)
 
+    @model_validator(mode="after")
+    def _structure(self) -> CampaignSpec:
+        # Here, not in one of the paths after it (the job list's expand, a grid's plan): every
+        # submission meets these before anything is written.
+        if (self.jobs is None) == (self.grid is None):
+            got = "both" if self.jobs is not None else "neither"
+            raise ValueError(
+                f"campaign|give exactly one of 'jobs' (a list of jobs) or 'grid' (got {got})"
+            )
+        if self.jobs is not None and not self.jobs:
+            raise ValueError("jobs|must hold at least one job")
+        if self.jobs is not None and len(self.jobs) > MAX_JOBS:
+            raise ValueError(f"jobs|at most {MAX_JOBS} jobs per campaign (got {len(self.jobs)})")
+        for name in self.defaults:
+            if name not in SPEC_FIELDS:
+                raise ValueError(
+                    f"defaults.{name}|unknown field (allowed: {', '.join(SPEC_FIELDS)})"
+                )
+        return self
+
     @classmethod
     def parse(cls, data: Any) -> CampaignSpec:
         bad = _bad_text(data.model_dump() if isinstance(data, CampaignSpec) else data, "")
@@ -64,8 +120,18 @@ class CampaignSpec(BaseModel):
             err = e.errors()[0]
             name = field_path(err["loc"]) or "campaign"
             msg = err["msg"].removeprefix("Value error, ")
+            if (
+                "|" in msg
+                and err["type"] == "value_error"
+                and field_path(err["loc"])
+                in (
+                    "",
+                    "grid",
+                )
+            ):
+                name, msg = msg.split("|", 1)
             if err["type"] == "extra_forbidden":
-                msg = "unknown field (allowed: name, jobs, grid, defaults, priority, callback_url)"
+                msg = f"unknown field (allowed: {', '.join(cls.model_fields)})"
             raise InvalidJob(name, msg) from None
 
     def expand(self) -> list[JobSpec]:
@@ -74,20 +140,7 @@ class CampaignSpec(BaseModel):
         Raises:
             InvalidJob: naming the field where the bad value came from and its limit.
         """
-        if (self.jobs is None) == (self.grid is None):
-            raise InvalidJob("campaign", "give exactly one of 'jobs' (a list) or 'grid'")
-        for name in self.defaults:
-            if name not in SPEC_FIELDS:
-                raise InvalidJob(
-                    f"defaults.{name}", f"unknown field (allowed: {', '.join(SPEC_FIELDS)})"
-                )
         if self.jobs is not None:
-            if not self.jobs:
-                raise InvalidJob("jobs", "must hold at least one job")
-            if len(self.jobs) > MAX_JOBS:
-                raise InvalidJob(
-                    "jobs", f"at most {MAX_JOBS} jobs per campaign (got {len(self.jobs)})"
-                )
             return [
                 JobSpec.parse(
                     {**self.defaults, **job} if isinstance(job, dict) else job, index=i
@@ -124,24 +177,6 @@ def plan_grid(campaign: CampaignSpec) -> tuple[int, list[int], list[JobSpec]]:
         InvalidJob: naming the field where the bad value came from and its limit.
     """
     grid = campaign.grid
-    for name in campaign.defaults:
-        if name not in SPEC_FIELDS:
-            raise InvalidJob(
-                f"defaults.{name}", f"unknown field (allowed: {', '.join(SPEC_FIELDS)})"
-            )
-    for name, values in grid.params.items():
-        if name not in SPEC_FIELDS or name in ("prompt", "seed"):
-            raise InvalidJob(
-                f"grid.params.{name}",
-                "unknown or not a parameter (prompts and seeds have their own lists)",
-            )
-        if not values:
-            raise InvalidJob(f"grid.params.{name}", "must hold at least one value")
-    if isinstance(grid.seeds, int):
-        if not 1 <= grid.seeds <= MAX_GRID_JOBS:
-            raise InvalidJob("grid.seeds", f"a count must be between 1 and {MAX_GRID_JOBS}")
-    elif not grid.seeds:
-        raise InvalidJob("grid.seeds", "must hold at least one seed")
     total = len(grid.prompts) * _seed_count(grid)
     combos = 1
     for values in grid.params.values():
@@ -156,25 +191,38 @@ def plan_grid(campaign: CampaignSpec) -> tuple[int, list[int], list[JobSpec]]:
     )
     names = list(grid.params)
     first = {name: grid.params[name][0] for name in names}
-    if combos <= EXHAUSTIVE:
-        variants = [
-            dict(zip(names, c, strict=True)) for c in itertools.product(*grid.params.values())
-        ]
-    else:
-        variants = [first] + [
-            {**first, name: value} for name in names for value in grid.params[name][1:]
-        ]
+    # Every combination of the parameters that rules tie together (model, task, sizes, steps,
+    # strengths, inputs) is checked: one that only fails with another would otherwise pass here
+    # and fail when the feeder computes that job. Independent ones are checked value by value.
+    coupled = names if combos <= EXHAUSTIVE else [n for n in names if n not in INDEPENDENT]
+    count = 1
+    for name in coupled:
+        count *= len(grid.params[name])
+    if count > EXHAUSTIVE:
+        raise InvalidJob(
+            "grid.params",
+            f"{count} combinations of {', '.join(coupled)}; at most {EXHAUSTIVE} (each is "
+            "checked): split the campaign, or vary fewer of them together",
+        )
+    variants = [
+        {**first, **dict(zip(coupled, c, strict=True))}
+        for c in itertools.product(*(grid.params[n] for n in coupled))
+    ]
+    variants += [
+        {**first, name: value}
+        for name in names
+        if name not in coupled
+        for value in grid.params[name][1:]
+    ]
     base = {**campaign.defaults, "prompt": grid.prompts[0], "seed": seeds[0]}
     rows = [{**base, **v} for v in variants]
-    # Prompts and seeds are checked as values (a full spec each would cost seconds per million).
-    for n, prompt in enumerate(grid.prompts):
-        if len(prompt) > MAX_PROMPT_CHARS or not prompt.strip():
-            rows.append({**base, **first, "prompt": prompt})  # the spec check says why
-        elif n and n < 100:
-            rows.append({**base, **first, "prompt": prompt})
-    for seed in seeds:
-        if not 0 <= seed <= MAX_SEED:
-            raise InvalidJob("grid.seeds", f"must be between 0 and {MAX_SEED} (got {seed})")
+    # Prompts are checked as values (a full spec each would cost seconds per million): a long
+    # one fails anywhere; a blank one passes for interpolation only, so it meets every variant.
+    long = next((p for p in grid.prompts if len(p) > MAX_PROMPT_CHARS), None)
+    blank = next((p for p in grid.prompts if not p.strip()), None)
+    rows += [{**base, **first, "prompt": long}] if long is not None else []
+    rows += [{**base, **v, "prompt": blank} for v in variants] if blank is not None else []
+    rows += [{**base, **first, "prompt": p} for p in grid.prompts[1:100]]
     out = []
     for data in rows:
         try:

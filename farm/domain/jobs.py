@@ -19,20 +19,68 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
 from farm import families, keys
 from farm.errors import InvalidJob
 
-MIN_SIDE = 1  # the widest bounds; each family's own limits are checked after, naming the family
 # An input image: an upload by content hash, or "job:<n>", the first image of the campaign's n-th
 # job (a chained job runs when that job is done, without the client in the loop).
 INPUT_REF = r"^(in:[0-9a-f]{64}|job:\d{1,6})$"
 SCHEDULERS = ("default", "ddim", "ddpm")
-MAX_SIDE = 4096
 MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**63 - 1
+
+
+# The inputs each task needs and those it takes (any other is refused): read by the API's schema.
+NEEDS = {
+    "img2img": ("image",),
+    "inpaint": ("image", "mask"),
+    "interpolate": ("interpolate",),
+    "controlnet-depth-img2img": ("image",),
+}
+TAKES = {
+    **NEEDS,
+    "controlnet-depth": ("image", "hint"),  # at least one of them
+    "controlnet-depth-img2img": ("image", "hint"),
+}
+
+# Fields whose bounds are the family's (``bounds``): they carry no bound of their own, so that a
+# refusal names the limit that applies to the job, never a wider one.
+BOUNDED = ("height", "width", "num_inference_steps", "prior_num_inference_steps")
+NUMBERS = (
+    *BOUNDED,
+    "seed",
+    "prior_guidance_scale",
+    "guidance_scale",
+    "strength",
+    "prior_strength",
+    "num_images_per_prompt",
+)
+
+
+def bounds(family: families.Family) -> dict[str, tuple[int, int]]:
+    """Each family-bounded field's inclusive (lowest, highest) for one family: what a refusal
+    names and what `farm limits` prints.
+
+    A family without a prior does not use ``prior_num_inference_steps``; it takes the bounds of
+    the families that have one (a grid may mix families under one value). Those start at 2:
+    diffusers' UnCLIP scheduler divides by (steps - 1), so one prior step always fails.
+    """
+    lim = families.Limits() if not family.limits.min_prior_steps else family.limits
+    return {
+        "height": (family.limits.min_side, family.limits.max_side),
+        "width": (family.limits.min_side, family.limits.max_side),
+        "num_inference_steps": (1, family.limits.max_steps),
+        "prior_num_inference_steps": (lim.min_prior_steps, lim.max_prior_steps),
+    }
+
+
+def _shown(value: int) -> str:
+    # A refusal quotes the value, but not a thousand digits of it.
+    return str(value) if abs(value) < 10**15 else f"a {len(str(abs(value)))}-digit number"
 
 
 _TYPE_TAG = re.compile(r"^(int|str|float|bool|[a-z_]+\[.*\]|function-.*)$")
@@ -53,6 +101,13 @@ class InterpolationItem(BaseModel):
     image: str | None = Field(None, pattern=INPUT_REF)
     weight: float = Field(gt=0, le=10)
 
+    @field_validator("weight", mode="before")
+    @classmethod
+    def _json_number(cls, value):
+        if isinstance(value, str | bool):
+            raise ValueError(f"must be a number, not {type(value).__name__} {value!r}"[:120])
+        return value
+
     @model_validator(mode="after")
     def _one_of(self) -> InterpolationItem:
         if (self.text is None) == (self.image is None):
@@ -71,11 +126,11 @@ class JobSpec(BaseModel):
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     prior_guidance_scale: float = Field(4.0, ge=0, le=100)
-    prior_num_inference_steps: int = Field(25, ge=1, le=1000)
+    prior_num_inference_steps: int = 25  # bounds: the family's (``bounds``)
     guidance_scale: float = Field(4.0, ge=0, le=100)
-    num_inference_steps: int = Field(100, ge=1, le=1000)
-    height: int = Field(512, ge=MIN_SIDE, le=MAX_SIDE)
-    width: int = Field(512, ge=MIN_SIDE, le=MAX_SIDE)
+    num_inference_steps: int = 100
+    height: int = 512
+    width: int = 512
     image: str | None = Field(None, pattern=INPUT_REF, description="img2img / inpaint input")
     mask: str | None = Field(None, pattern=INPUT_REF, description="inpaint: white = repaint")
     strength: float = Field(0.3, gt=0, le=1, description="img2img: how much to change")
@@ -85,15 +140,26 @@ class JobSpec(BaseModel):
     scheduler: Literal[SCHEDULERS] = "default"
     num_images_per_prompt: int = Field(1, ge=1, le=8, description="images from one job, one batch")
 
+    @field_validator(*NUMBERS, mode="before")
+    @classmethod
+    def _json_number(cls, value):
+        # JSON's types, as the API's schema says: "64" and true are not numbers (pydantic's lax
+        # mode would take them); 64.0 is an integer, as in JSON Schema.
+        if isinstance(value, str | bool):
+            raise ValueError(f"must be a number, not {type(value).__name__} {value!r}"[:120])
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _model_defaults(cls, data):
         # Fields left out take the chosen model's own pipeline defaults (Kandinsky 3: 1024 px,
         # 25 steps, guidance 3), not Kandinsky 2.2's.
         if isinstance(data, dict):
-            family = families.REGISTRY.get(data.get("model", families.DEFAULT_FAMILY))
-            if family is not None:
-                data = {**family.defaults_for(data.get("task", "text2img")), **data}
+            model, task = data.get("model", families.DEFAULT_FAMILY), data.get("task", "text2img")
+            # Only names are looked up: {"task": {}} is refused by the field check, not a 500.
+            family = families.REGISTRY.get(model) if isinstance(model, str) else None
+            if family is not None and isinstance(task, str):
+                data = {**family.defaults_for(task), **data}
         return data
 
     @model_validator(mode="after")
@@ -112,47 +178,31 @@ class JobSpec(BaseModel):
         except ValueError as e:
             raise ValueError(f"model|{e}") from None
         limits = family.limits
-        for name in ("height", "width"):
+        for name, (lowest, highest) in bounds(family).items():
             value = getattr(self, name)
-            if not limits.min_side <= value <= limits.max_side:
-                raise ValueError(
-                    f"{name}|must be between {limits.min_side} and {limits.max_side} for "
-                    f"{self.model} (got {value})"
-                )
-            if value % limits.size_multiple:
+            if lowest <= value <= highest:
+                continue
+            if name in ("height", "width"):
+                rule = f"between {lowest} and {highest}"
+            else:
+                rule = f"at least {lowest}" if value < lowest else f"at most {highest}"
+            unused = ", which has no prior and does not use it" if name.startswith("prior") else ""
+            unused = unused if not limits.min_prior_steps else ""
+            raise ValueError(
+                f"{name}|must be {rule} for {self.model}{unused} (got {_shown(value)})"
+            )
+        for name in ("height", "width"):
+            if getattr(self, name) % limits.size_multiple:
                 # Kandinsky's MoVQ and the SD VAE downsample by 8; Kandinsky also rounds to 64.
                 raise ValueError(
-                    f"{name}|must be a multiple of {limits.size_multiple} for {self.model} (got {value})"
-                )
-        if self.prior_num_inference_steps < limits.min_prior_steps:
-            # diffusers' UnCLIP scheduler divides by (steps - 1): one step always fails.
-            raise ValueError(
-                f"prior_num_inference_steps|must be at least {limits.min_prior_steps} for "
-                f"{self.model} (got {self.prior_num_inference_steps})"
-            )
-        for name, most in (
-            ("num_inference_steps", limits.max_steps),
-            ("prior_num_inference_steps", limits.max_prior_steps),
-        ):
-            if getattr(self, name) > most:
-                raise ValueError(
-                    f"{name}|must be at most {most} for {self.model} (got {getattr(self, name)})"
+                    f"{name}|must be a multiple of {limits.size_multiple} for {self.model} "
+                    f"(got {getattr(self, name)})"
                 )
         for rule in family.rules:
             broken = rule(self)
             if broken:
                 raise ValueError(f"{broken[0]}|{broken[1]}")
-        needs = {
-            "img2img": ("image",),
-            "inpaint": ("image", "mask"),
-            "interpolate": ("interpolate",),
-            "controlnet-depth-img2img": ("image",),
-        }
-        takes = {
-            **needs,
-            "controlnet-depth": ("image", "hint"),
-            "controlnet-depth-img2img": ("image", "hint"),
-        }
+        needs, takes = NEEDS, TAKES
         for name in needs.get(self.task, ()):
             if getattr(self, name) is None:
                 raise ValueError(f"{name}|required for task {self.task}")

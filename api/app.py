@@ -344,8 +344,11 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
         )
         return {"jobs": items, "next_cursor": nxt}
 
-    @app.delete("/v1/campaigns/{campaign_id}")
+    @app.post("/v1/campaigns/{campaign_id}/cancel")
     def cancel(campaign_id: str, tenant: Tenant) -> dict:
+        """Stop the campaign's queued jobs; a render under way finishes. The campaign, its
+        finished images and results stay readable (``resume`` runs the rest). A POST verb, as
+        OpenAI's and Replicate's cancels: DELETE would promise the campaign is gone."""
         return get_farm().cancel(campaign_id, tenant=tenant)
 
     @app.post("/v1/campaigns/{campaign_id}/retry-failed")

@@ -23,6 +23,7 @@ import httpx
 from farm.errors import (
     Conflict,
     FarmError,
+    InputNotFound,
     InvalidJob,
     NotFound,
     QuotaExceeded,
@@ -93,9 +94,10 @@ class Client:
         except ValueError:
             body = {"message": resp.text}
         message = body.get("message") or str(body)
-        if resp.status_code == 422:
+        if resp.status_code == 422 or body.get("error") == "InputNotFound":
             first = (body.get("detail") or [{}])[0]
-            raise InvalidJob(
+            cls = InputNotFound if resp.status_code == 404 else InvalidJob
+            raise cls(
                 first.get("field") or "request",
                 first.get("message") or message,
                 index=first.get("index"),
@@ -309,7 +311,7 @@ class CampaignHandle:
         return {"images": images, "results": results, "contact_sheet": sheet, "finished": finished}
 
     def cancel(self) -> dict:
-        return self.client.request("DELETE", f"/v1/campaigns/{self.id}")
+        return self.client.request("POST", f"/v1/campaigns/{self.id}/cancel")
 
     def retry_failed(self) -> int:
         return self.client.request("POST", f"/v1/campaigns/{self.id}/retry-failed")["requeued"]

@@ -2,6 +2,7 @@
 
     FarmError                 500
     ├── InvalidJob            422  bad input; nothing was enqueued
+    │   └── InputNotFound     404  a job names an upload that does not exist (nothing enqueued)
     ├── NotFound              404  an unknown job or campaign id (or another tenant's)
     ├── Unauthorized          401  a missing or unknown API token
     ├── Conflict              409  an Idempotency-Key reused with a different request
@@ -39,6 +40,13 @@ class InvalidJob(FarmError):
 
     def to_dict(self) -> dict:
         return {"field": self.field, "index": self.index, "message": self.reason}
+
+
+class InputNotFound(InvalidJob):
+    """Raised when a job reads an upload (``in:...``) that was never stored: a missing object
+    a request names, a 404 as Stripe's ``resource_missing`` and OpenAI's "No such File"."""
+
+    http_status = 404
 
 
 class ConfigError(FarmError):

@@ -14,6 +14,7 @@ import json
 import torch
 from PIL import Image, PngImagePlugin
 
+from farm.domain.batching import ROW0_INPUTS
 from farm.domain.jobs import JobSpec
 from farm.stores.embeddings import Embeddings
 
@@ -64,35 +65,17 @@ def run_prior(pipe, spec: JobSpec, images: dict[str, Image.Image] | None = None)
 TEXT_PRIOR_TASKS = ("text2img", "img2img", "inpaint")  # the prior reads only the prompt
 
 
-@torch.inference_mode()
 def run_prior_batch(pipe, specs: list[JobSpec]) -> list[Embeddings]:
-    """Several compatible jobs' prompts through the prior in one call, one generator per row.
+    """Several jobs' prompts through the prior: one call per row, so row i *is*
+    ``run_prior(pipe, specs[i])``, bit for bit, whatever jobs share its message.
 
-    Row i equals ``run_prior(pipe, specs[i])`` (each row draws its noise from its own job's seed);
-    one job runs exactly as ``run_prior``.
+    One batched call made a row depend on its batch mates: a batched CLIP text encoder and
+    prior transformer round differently from a lone call (measured on CPU: up to 2e-6 in the
+    embeddings when no negative prompt is given or guidance is off; 3/255 in the picture
+    reported at full size), and the decoder carries that into the image. A prior call costs a
+    fraction of a decoder render (``bench/batch_invariance.py`` prints both).
     """
-    if len(specs) == 1:
-        return [run_prior(pipe, specs[0])]
-    spec = specs[0]
-    gens = [generator(s.seed) for s in specs]
-    negatives = None
-    if spec.negative_prompt is not None:
-        # The prior runs the negative prompts as rows N..2N-1 of the same call, drawing them from
-        # the same generator right after the prompt's row: the same generator object serves both.
-        negatives = [s.negative_prompt for s in specs]
-        gens = gens + gens
-    out = pipe(
-        prompt=[s.prompt for s in specs],
-        negative_prompt=negatives,
-        guidance_scale=spec.prior_guidance_scale,
-        num_inference_steps=spec.prior_num_inference_steps,
-        generator=gens,
-        num_images_per_prompt=1,
-    )
-    return [
-        Embeddings(out.image_embeds[i : i + 1], out.negative_image_embeds[i : i + 1])
-        for i in range(len(specs))
-    ]
+    return [run_prior(pipe, spec) for spec in specs]
 
 
 def cache_zero_embed(pipe) -> None:
@@ -217,11 +200,20 @@ def run_decoder_batch(
     """Several compatible jobs rendered in one pipeline call, one generator per row.
 
     Compatible (``farm.domain.batching``): same family, task, size, steps, guidance, scheduler and
-    strength, one image each. Row i equals job i rendered alone, up to float rounding in batched
-    kernels (tested: at most 1/255 per pixel). One job runs exactly as ``run_decoder``.
+    strength, one image each. Rows the pipeline would not render as alone share no call
+    (``row_groups``). Row i equals job i rendered alone, up to float rounding in batched kernels
+    (tested: at most 1/255 per pixel). One job runs exactly as ``run_decoder``.
     """
     if len(specs) == 1:
         return [run_decoder(pipe, specs[0], embs[0], images)]
+    groups = row_groups(pipe, specs, images, embs)
+    if len(groups) > 1:
+        return _in_groups(
+            groups,
+            lambda g: run_decoder_batch(
+                pipe, [specs[i] for i in g], [embs[i] for i in g], images, pad=pad
+            ),
+        )
     real = len(specs)
     if pad:
         real, specs, embs = padded(specs, embs)
@@ -260,6 +252,11 @@ def run_single_batch(
     """Several compatible single-stage jobs in one call, one generator per row (as above)."""
     if len(specs) == 1:
         return [run_single(pipe, specs[0], images)]
+    groups = row_groups(pipe, specs, images)
+    if len(groups) > 1:
+        return _in_groups(
+            groups, lambda g: run_single_batch(pipe, [specs[i] for i in g], images, pad=pad)
+        )
     real = len(specs)
     if pad:
         real, specs = padded(specs)
@@ -318,6 +315,45 @@ def run_single(
         **kwargs,
     )
     return out.images
+
+
+# Pipelines that cut every row's prompt embeddings to the batch's longest prompt (+1), cut the
+# negative prompt to that length too, and whose UNet then averages over it (Kandinsky 3's
+# attention pooling, ``context.mean(dim=1)``): a row renders as alone only beside prompts of
+# its own token count (measured otherwise: up to 100/255).
+CUT_CONTEXT = ("Kandinsky3Pipeline", "Kandinsky3Img2ImgPipeline")
+
+
+def row_groups(pipe, specs: list[JobSpec], images: dict, embs: list | None = None) -> list[list]:
+    """Indexes of ``specs`` in groups that one call of ``pipe`` renders each row of as alone.
+
+    Split apart: different row-0 inputs (``ROW0_INPUTS``); different input sizes where the
+    pipeline takes no size (SD, SDXL and Kandinsky 3 img2img render the input's size, and a batch
+    resizes every input to row 0's or fails); different prompt token counts (``CUT_CONTEXT``);
+    ControlNet hints of different shapes (they cannot be stacked).
+    """
+    name = type(pipe).__name__
+    sized_by_input = not _takes(pipe, "height")
+    groups: dict[tuple, list[int]] = {}
+    for i, spec in enumerate(specs):
+        key: list = [getattr(spec, field) for field in ROW0_INPUTS.get(name, ())]
+        if spec.image is not None and sized_by_input:
+            key.append(images[spec.image].size)
+        if name in CUT_CONTEXT:
+            key.append(len(pipe.tokenizer(spec.prompt, max_length=128, truncation=True).input_ids))
+        if embs is not None and embs[i].hint is not None:
+            key.append(tuple(embs[i].hint.shape))
+        groups.setdefault(tuple(key), []).append(i)
+    return list(groups.values())
+
+
+def _in_groups(groups: list[list[int]], run) -> list:
+    """``run`` on each group of indexes; the rows back in their original order."""
+    out: list = [None] * sum(len(g) for g in groups)
+    for group in groups:
+        for i, rows in zip(group, run(group), strict=True):
+            out[i] = rows
+    return out
 
 
 def _takes(pipe, name: str) -> bool:

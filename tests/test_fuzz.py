@@ -28,7 +28,6 @@ EXAMPLES = 40  # per operation and mode: ~1,600 requests in about half a minute
 
 # The rules a schema cannot state (field, what the 422 says), as api/openapi.py describes them.
 UNSTATABLE = [
-    (r"(.*\.)?(image|mask|hint)", r"unknown input|upload it first"),  # the upload must exist
     (r"(.*\.)?(image|mask|hint)", r"must name an earlier job"),  # position in the list
     (r"(.*\.)?(image|hint)", r"needs this input at the output's size"),
     (r"(.*\.)?strength", r"leaves no denoising step"),  # int(steps x strength) >= 1
@@ -41,17 +40,8 @@ UNSTATABLE = [
 ]
 
 
-def _cancelled(failure: Failure) -> bool:
-    """A campaign read after DELETE: DELETE cancels, and the campaign stays readable with its
-    finished images (README, API). Schemathesis counts that as use after free."""
-    free = getattr(failure, "free", "")
-    return type(failure).__name__ == "UseAfterFree" and free.startswith("DELETE /v1/campaigns/")
-
-
 def _unstatable(failure: Failure, case, response) -> bool:
     """A valid request refused for a rule the schema cannot state (UNSTATABLE)."""
-    if _cancelled(failure):
-        return True
     if type(failure).__name__ != "RejectedPositiveData" or response.status_code != 422:
         return False
     detail = (response.json().get("detail") or [{}])[0]

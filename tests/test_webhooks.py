@@ -134,7 +134,7 @@ def test_a_cancelled_campaign_sends_a_cancelled_event(alice):
             defaults=TINY,
             callback_url=receiver.url,
         )
-        alice.request("DELETE", f"/v1/campaigns/{handle.id}")
+        alice.request("POST", f"/v1/campaigns/{handle.id}/cancel")
         handle.wait(timeout=120)
         wait_until(lambda: receiver.got)
         payload = json.loads(receiver.got[0][1])

@@ -205,7 +205,8 @@ def _prior(ctx: WorkerContext, campaign_id: str, jobs: list[dict], ex: Execution
         def run(items):
             embs = []
             for chunk in split(items, ctx.settings.batch_max):
-                metrics.batch("prior", first.model, len(chunk), ctx.settings.batch_max)
+                for _ in chunk:  # run_prior_batch calls the prior once per prompt
+                    metrics.batch("prior", first.model, 1, ctx.settings.batch_max)
                 embs += run_prior_batch(pipe, [spec for _, spec in chunk])
             ctx.embeddings.cache([(spec, emb) for (_, spec), emb in zip(items, embs, strict=True)])
             return embs
@@ -328,17 +329,21 @@ def _decode(ctx: WorkerContext, first: JobSpec, jobs: list[dict], ex: Execution)
     pipe = ctx.models.pipeline(first.model, first.task)
     embs: dict[str, object] = {}
 
-    def run(items):
+    def call(items):
         metrics.batch("decoder", first.model, len(items), ctx.settings.batch_max)
-        specs = [spec for _, spec in items]
-        images: dict = {}
-        for job, spec in items:
-            images.update(_images(ctx, spec, job.get("inputs") or {}, "decoder"))
+        specs, images = _own_inputs(ctx, items)
         pad = ctx.settings.compile  # few batch shapes for a compiled UNet
         if two_stage:
             rows = [embs[j["job_id"]] for j, _ in items]
             return run_decoder_batch(pipe, specs, rows, images, pad=pad)
         return run_single_batch(pipe, specs, images, pad=pad)
+
+    def run(items):
+        if ctx.settings.batch_exact:
+            # One call per job: its pixels are its lone render's, whatever shares its message
+            # (a batched call moves them by a few /255: kernels round by batch shape).
+            return [rows for item in items for rows in call([item])]
+        return call(items)
 
     finishing = []  # one per render, in order: its stores, then its jobs marked done
     # One finisher thread: a render's jobs turn done as soon as their objects are stored
@@ -388,6 +393,19 @@ def _decode(ctx: WorkerContext, first: JobSpec, jobs: list[dict], ex: Execution)
         results = [f.result() for f in finishing]
     finished = [job for ids, _ in results for job in ids]
     return finished, {cid for _, done in results for cid in done}
+
+
+def _own_inputs(ctx: WorkerContext, items: list) -> tuple[list[JobSpec], dict]:
+    """The jobs' specs and decoded inputs, keyed by stored object rather than by reference:
+    "job:0" of two campaigns gathered into one render are two pictures, not one."""
+    specs, images = [], {}
+    for job, spec in items:
+        inputs = job.get("inputs") or {}
+        own = _images(ctx, spec, inputs, "decoder")
+        images.update({inputs[ref]: image for ref, image in own.items()})
+        refs = {f: inputs[getattr(spec, f)] for f in ("image", "mask") if getattr(spec, f) in own}
+        specs.append(spec.model_copy(update=refs) if refs else spec)
+    return specs, images
 
 
 def _with_embeddings(ctx, chunk, embs: dict, ex: Execution) -> list:

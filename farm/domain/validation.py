@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from farm.domain.jobs import JobSpec
-from farm.errors import InvalidJob
+from farm.errors import InputNotFound, InvalidJob
 from farm.families import get
 
 
@@ -44,7 +44,7 @@ def check_inputs(specs: list[JobSpec], meta: Callable[[str], dict | None]) -> No
                         index=index,
                     )
             elif meta(ref) is None:
-                raise InvalidJob(
+                raise InputNotFound(
                     field,
                     f"unknown input {ref}; upload it first (POST /v1/inputs)",
                     index=index,

@@ -247,10 +247,9 @@ def test_a_campaign_survives_every_fault_with_no_human(chaos):
 
 def _same_as_one_process(settings: Settings, objects, jobs: list[dict]) -> None:
     """Each job's stored image equals its spec rendered alone in this process (the guide's
-    calls) within the batched kernels' float rounding: the farm runs prompts through the prior
-    and pictures through the decoder in batches, whose rows differ from a lone call's in the
-    last bits (1/255 per channel each, ``test_batching``); a job rendered twice may have had
-    other batch mates each time. ``FARM_BATCH_MAX=1`` makes every render bit-identical."""
+    calls), bit for bit: the prior runs each prompt alone and the decoder each job by a call of
+    its own (``FARM_BATCH_EXACT``), so a job rendered twice, with other batch mates each time,
+    is still its lone render."""
     from PIL import Image
 
     from tests.reference import render_in_one_process
@@ -262,8 +261,7 @@ def _same_as_one_process(settings: Settings, objects, jobs: list[dict]) -> None:
         farm_px = np.asarray(stored).astype(int)
         ref = np.asarray(image.convert("RGB")).astype(int)
         diff = np.abs(farm_px - ref)
-        # Prior and decoder both batched: each rounds within 1/255, together within 2/255.
-        assert diff.max() <= 2 and (diff > 0).mean() < 0.01, (job["job_id"], diff.max())
+        assert diff.max() == 0, (job["job_id"], diff.max(), (diff > 0).mean())
         exact += bool((diff == 0).all())
         worst = max(worst, int(diff.max()))
     print(

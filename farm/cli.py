@@ -16,6 +16,8 @@ from farm.errors import (
     QuotaExceeded,
     Unauthorized,
 )
+from farm.plan_cli import add_parser as add_plan_parser
+from farm.plan_cli import cmd_plan
 from farm.settings import Settings
 
 
@@ -98,9 +100,11 @@ def cmd_status(settings: Settings, args) -> int:
         print("workers:")
         for w in status["workers"]:
             mib = (w["rss_bytes"] or 0) / 2**20
+            pss = f" (PSS {w['pss_bytes'] / 2**20:.0f})" if w.get("pss_bytes") else ""
+            load = f"  loaded in {w['load_s']:.1f}s" if w.get("load_s") else ""
             print(
                 f"  {w['node']:40} {w['stage']:8} {','.join(w['families'])}  "
-                f"resident {','.join(w['resident_parts']) or '-'}  {mib:.0f} MiB"
+                f"resident {','.join(w['resident_parts']) or '-'}  RSS {mib:.0f}{pss} MiB{load}"
             )
         # Prometheus scrape targets: the API, Flower and each worker (README, Metrics).
         print("metrics:")
@@ -164,13 +168,13 @@ def load_campaign_file(path: Path) -> dict:
 def cmd_submit(settings: Settings, args) -> int:
     body = load_campaign_file(Path(args.file))
     with _client(settings) as client:
-        handle = client.submit_campaign(
-            body.get("jobs"),
-            grid=body.get("grid"),
-            defaults=body.get("defaults"),
-            name=body.get("name"),
-            idempotency_key=args.idempotency_key,
-        )
+        from farm.client import CampaignHandle
+
+        # The file as written: the API checks every key (priority and callback_url are kept,
+        # a misspelt key is refused), not only the ones the client's arguments name.
+        headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
+        out = client.request("POST", "/v1/campaigns", json=body, headers=headers)
+        handle = CampaignHandle(client, out["campaign_id"], out["job_count"], out["created"])
         note = "" if handle.created else " (existing campaign for this Idempotency-Key)"
         print(f"campaign {handle.id}: {handle.job_count} jobs{note}")
         if args.wait:
@@ -318,7 +322,11 @@ def cmd_models(settings: Settings, args) -> int:
     if args.models_command == "build":
         if args.out:
             settings = _with(settings, state_dir=Path(args.out))
-        for folder in models.build_tiny(settings, families, force=args.force):
+        if args.full_size:  # minutes and GBs: say each component as it is written
+            built = models.build_full(settings, families, force=args.force, progress=print)
+        else:
+            built = models.build_tiny(settings, families, force=args.force)
+        for folder in built:
             print(f"built {folder}")
         return 0
     if args.models_command == "fetch":
@@ -508,6 +516,12 @@ def parser() -> argparse.ArgumentParser:
         if name == "build":
             mp.add_argument("--out", help="state folder to build under (default FARM_STATE_DIR)")
             mp.add_argument("--force", action="store_true", help="rebuild what exists")
+            mp.add_argument(
+                "--full-size",
+                action="store_true",
+                help="random weights of the published architecture (GBs; FARM_STAND_IN=full)",
+            )
+    add_plan_parser(sub)
     return p
 
 
@@ -533,6 +547,7 @@ COMMANDS = {
     "resume": cmd_resume,
     "retry": cmd_retry,
     "gallery": cmd_gallery,
+    "plan": cmd_plan,
 }
 
 

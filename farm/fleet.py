@@ -135,6 +135,21 @@ def remove_heartbeat(client, node: str) -> None:
     client.srem(keys.WORKERS, node)
 
 
+_PROC_FIELDS = (
+    "pid", "rss_bytes", "pss_bytes", "uss_bytes", "rss_after_load_bytes",
+    "pss_after_load_bytes", "load_s", "shared_weights", "resident",
+)  # fmt: skip
+
+
+def _weights(children: list[dict]) -> int:
+    """Bytes of weights a worker holds: pool processes sharing the main process's count once."""
+    own = sum(c.get("weights_bytes") or 0 for c in children if not c.get("shared_weights"))
+    shared = max(
+        (c.get("weights_bytes") or 0 for c in children if c.get("shared_weights")), default=0
+    )
+    return own + shared
+
+
 def live_workers(client) -> list[dict]:
     """Every worker whose heartbeat is fresh, with its pool processes' reports merged."""
     nodes = sorted(n.decode() for n in client.smembers(keys.WORKERS))
@@ -162,11 +177,18 @@ def live_workers(client) -> list[dict]:
                 "evictions": sum(c.get("evictions", 0) for c in children),
                 "switches": rec.get("switches", 0),
                 "rss_bytes": rec.get("rss_bytes", 0) + sum(c.get("rss_bytes", 0) for c in children),
-                "weights_bytes": sum(c.get("weights_bytes") or 0 for c in children),
+                "weights_bytes": _weights(children),
+                # PSS adds up to what the machine holds (a prefork pool shares the main
+                # process's weights; RSS counts them once per process): workers.memory.
+                "pss_bytes": rec.get("pss_bytes", 0) + sum(c.get("pss_bytes", 0) for c in children),
+                "load_s": max((c.get("load_s") or 0 for c in children), default=0),
                 "cuda_allocated_bytes": sum(c.get("cuda_allocated_bytes") or 0 for c in children)
                 or None,
-                "processes": [{"pid": rec.get("pid"), "role": "main"}]
-                + [{k: c.get(k) for k in ("pid", "rss_bytes", "resident")} for c in children],
+                "processes": [
+                    {"pid": rec.get("pid"), "role": "main"}
+                    | {k: rec.get(k) for k in ("rss_bytes", "pss_bytes", "uss_bytes")}
+                ]
+                + [{k: c.get(k) for k in _PROC_FIELDS} for c in children],
                 "heartbeat_at": rec.get("heartbeat_at"),
             }
         )

@@ -89,6 +89,12 @@ class Settings(BaseSettings):
         description="Worker: families kept loaded at once; others load on demand, the least "
         "recently used evicted. 0: every served family stays loaded.",
     )
+    stand_in: Literal["tiny", "full"] = Field(
+        "tiny",
+        description="What a part set to 'tiny' loads: the tiny random-weight build, or `full`: "
+        "random weights of the published architecture (`farm models build --full-size`; "
+        "parts without a full-size config stay tiny).",
+    )
     locations: dict[str, str] = Field(
         default_factory=dict,
         description="Where each part's weights are, by its setting name; filled from the "
@@ -98,7 +104,15 @@ class Settings(BaseSettings):
         8,
         ge=1,
         le=64,
-        description="Most compatible jobs rendered in one pipeline call (1: none).",
+        description="Most compatible jobs per render: one message's render unit, and one pipeline "
+        "call with FARM_BATCH_EXACT=false (1: a job at a time).",
+    )
+    batch_exact: bool = Field(
+        True,
+        description="Decoder: each job of a batch rendered by a call of its own, pixel-identical "
+        "to the job rendered alone whatever jobs share its message. false: compatible jobs share "
+        "one pipeline call (fewer, larger calls) and a job's pixels move with its batch (measured "
+        "up to 3/255 at 128², 20 steps; README).",
     )
     tenant_max_queued: int = Field(
         5_000_000,
@@ -387,7 +401,11 @@ class Settings(BaseSettings):
     def location(self, part) -> str:
         """Where a part's weights are: its setting's value, with 'tiny' as the built folder."""
         value = self.locations.get(part.setting, TINY)
-        return str(self.tiny_dir / part.tiny) if value == TINY else value
+        if value != TINY:
+            return value
+        from farm.families.fullsize import stand_in_folder  # FARM_STAND_IN=full: full/
+
+        return str(stand_in_folder(self, part))
 
     def is_tiny_location(self, part) -> bool:
         return self.locations.get(part.setting, TINY) == TINY

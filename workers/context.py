@@ -25,6 +25,7 @@ from farm.errors import ModelError
 from farm.families import get
 from farm.settings import Settings
 from farm.stores.connect import redis_client
+from workers import memory
 
 log = logging.getLogger("farm.worker")
 
@@ -198,7 +199,7 @@ class WorkerContext:
             "loads": self.models.loads,
             "evictions": self.models.evictions,
             "weights_bytes": self.models.weights_bytes(),
-            "rss_bytes": rss_bytes(),
+            **memory.fields(self.models),  # RSS, PSS, USS now and after loading; load seconds
             "cuda_allocated_bytes": cuda_allocated_bytes(),
         }
         try:
@@ -232,11 +233,12 @@ def init(
         app=app,
         redis=redis_client(settings, health_check_interval=30),
         stage=stage,
-        models=Models(settings, stage, families, resident),
+        # A prefork child takes the weights its main process loaded before the fork (shared).
+        models=memory.take(stage, families, resident)
+        or Models(settings, stage, families, resident),
         node=node,
     )
-    for family in preload or families:
-        ctx.models.parts(family)
+    memory.load(ctx.models, preload or families)
     ctx.report()
     _current = ctx
     return ctx

@@ -81,6 +81,20 @@ def _on_worker_init(sender, **_):
     if "prefork" not in pool:
         # solo / threads run tasks in this process: load here, before consuming.
         _init_or_exit(os.getpid())
+    elif not settings.device.startswith("cuda"):
+        _preload_or_exit()
+
+
+def _preload_or_exit() -> None:
+    """Prefork on the CPU: load the weights once, before the fork; the children share them
+    (``workers.memory``). CUDA cannot be initialised before a fork: GPU workers run solo."""
+    from workers import memory
+
+    try:
+        memory.preload(settings, plan.stage, plan.families, plan.resident)
+    except Exception:
+        logging.getLogger("farm.worker").exception("farm worker: loading the pipelines failed")
+        raise SystemExit(70) from None
 
 
 def _start_metrics(sender) -> None:

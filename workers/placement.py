@@ -109,7 +109,9 @@ class Placement(bootsteps.StartStopStep):
             "pid": os.getpid(),
         }
         if context._current is None:  # prefork: the pool processes report their own memory
-            fields["rss_bytes"] = context.rss_bytes()
+            from workers import memory  # RSS, PSS, USS: it may hold the pool's shared weights
+
+            fields.update(memory.usage())
         return fields
 
     def _prune(self) -> None:

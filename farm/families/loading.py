@@ -100,7 +100,9 @@ def verify(family: Family, part: Part, location: str, *, tiny: bool = False) -> 
         problem = _problem_on_hub(part, location)
     if problem is None:
         return
-    if tiny:
+    if tiny and folder.parent.name == "full":  # FARM_STAND_IN=full (farm.families.fullsize)
+        fix = f"build the full-size stand-ins with `farm models build --full-size {family.name}`"
+    elif tiny:
         fix = f"build the tiny models with `farm models build {family.name}`"
     elif _is_hub_id(location) and not folder.exists():
         fix = (

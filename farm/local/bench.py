@@ -214,6 +214,7 @@ def run(
     echo=print,
 ) -> dict:
     """Baseline, farm, baseline; returns every figure (and prints the table)."""
+    from farm.families import fullsize
     from farm.local.models import build_tiny
 
     workers = workers or {"prior": 1, "decoder": 1}
@@ -222,6 +223,7 @@ def run(
         state = Path(tmp) / "state"
         local = settings.model_copy(update={"state_dir": state, "api_port": 0, "flower_port": 0})
         local = Settings(**{k: v for k, v in local.model_dump().items() if v is not None})
+        local = fullsize.pinned(settings, local, [model])  # FARM_STAND_IN=full: built once
         # The tiny models are built once, where the bench's own stack will look for them.
         build_tiny(local, [model])
         echo(f"baseline (the guides' loop): {n} jobs, {size}x{size}, {prior_steps}+{steps} steps")

@@ -7,10 +7,17 @@ import shutil
 from pathlib import Path
 
 from farm.errors import ModelError
-from farm.families import get
+from farm.families import fullsize, get
 from farm.families.loading import verify
 from farm.families.tiny import is_tiny
 from farm.settings import Settings
+
+
+def _stand_in(settings: Settings, part) -> str | None:
+    """'tiny' or 'full' for a part the farm builds itself; None for real weights."""
+    if not settings.is_tiny_location(part):
+        return None
+    return "full" if Path(settings.location(part)).parent.name == "full" else "tiny"
 
 
 def rows(settings: Settings, families) -> list[dict]:
@@ -25,6 +32,7 @@ def rows(settings: Settings, families) -> list[dict]:
                 problem = None
             except ModelError as e:
                 problem = str(e)
+            on_disk = fullsize.weight_bytes(location) if Path(location).is_dir() else {}
             out.append(
                 {
                     "family": name,
@@ -34,6 +42,10 @@ def rows(settings: Settings, families) -> list[dict]:
                     "hub_id": part.hub_id,
                     "location": location,
                     "tiny": settings.is_tiny_location(part),
+                    "stand_in": _stand_in(settings, part),
+                    # From the safetensors headers on disk (None: not there, or a hub id).
+                    "parameters": on_disk.get("parameters"),
+                    "bytes": on_disk.get("bytes"),
                     "ok": problem is None,
                     "problem": problem,
                 }
@@ -50,8 +62,8 @@ def build_tiny(settings: Settings, families, *, force: bool = False) -> list[Pat
     built: list[Path] = []
     for name in families:
         for part in get(name).parts:
-            if not settings.is_tiny_location(part):
-                continue
+            if _stand_in(settings, part) != "tiny":
+                continue  # real weights, or a full-size stand-in (build_full)
             folder = settings.tiny_dir / part.tiny
             if folder in built or (not force and _intact(get(name), part, folder)):
                 continue
@@ -60,6 +72,41 @@ def build_tiny(settings: Settings, families, *, force: bool = False) -> list[Pat
             part.build_tiny(folder)
             built.append(folder)
     return built
+
+
+def build_full(settings: Settings, families, *, force: bool = False, progress=None) -> list[Path]:
+    """Build the full-size stand-ins of ``families``' parts that have a published config
+    (``farm/families/full/``) and are set to 'tiny'; the other parts get their tiny build.
+
+    Returns:
+        The folders written.
+    """
+    full = settings.model_copy(update={"stand_in": "full"})
+    built: list[Path] = []
+    for name in families:
+        for part in get(name).parts:
+            config = fullsize.config_dir(part)
+            if not settings.is_tiny_location(part) or config is None:
+                continue
+            folder = Path(full.location(part))
+            if folder in built or (not force and _whole(get(name), part, folder)):
+                continue
+            if folder.exists():
+                shutil.rmtree(folder)
+            fullsize.build(config, folder, family=name, progress=progress)
+            built.append(folder)
+    return built + build_tiny(full, families, force=force)
+
+
+def _whole(family, part, folder: Path) -> bool:
+    """A full-size build that finished (its marker is written last) and is whole."""
+    if not fullsize.is_full(folder):
+        return False
+    try:
+        verify(family, part, str(folder), tiny=True)
+    except ModelError:
+        return False
+    return True
 
 
 def _intact(family, part, folder: Path) -> bool:

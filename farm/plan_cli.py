@@ -193,7 +193,8 @@ def text(p: balance.Plan, others: list[balance.StagePlan], ratio: float | None) 
         lines.append(f"one decoder worker at full speed needs {ratio:.1f} prior workers")
     for s in others:
         lines.append(
-            f"other placement: {s.stage} on {s.device}: {s.workers} workers of "
+            f"other placement: {s.stage} on {s.device}: {s.workers} "
+            f"worker{'' if s.workers == 1 else 's'} of "
             f"{s.seconds:.3f} s/image, busy {s.busy:.0%} (from {s.source})"
         )
     return "\n".join(lines)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from farm import keys
+from farm import keys, plan
 from farm.families import REGISTRY, Family, get
 from farm.settings import Settings
 
@@ -91,7 +91,11 @@ SIZING: dict[tuple[str, str], Sizing] = {
 
 
 def sizing(stage: str, family: str) -> Sizing:
-    return SIZING.get((stage, family), PRIOR if stage == "prior" else DECODER)
+    size = SIZING.get((stage, family), PRIOR if stage == "prior" else DECODER)
+    if stage == "prior" and family in plan.REFERENCE_FLOP:  # keeps its decoders busy
+        top = plan.prior_replicas(family, int(size.cpu), sizing("decoder", family).max_replicas)
+        size = replace(size, max_replicas=top[0])
+    return size
 
 
 def slug(name: str) -> str:
@@ -373,6 +377,9 @@ def worker(stage: str, family: Family) -> tuple[str, list[dict], str]:
         f"/metrics on {METRICS_PORT} (annotations); its pool processes sum their values through "
         f"PROMETHEUS_MULTIPROC_DIR, an emptyDir in memory."
     )
+    if stage == "prior" and family.name in plan.REFERENCE_FLOP:
+        decoders = sizing("decoder", family.name).max_replicas
+        note += comment(plan.prior_replicas(family.name, int(size.cpu), decoders)[1])
     return f"{name}.yaml", docs, note
 
 

@@ -28,7 +28,8 @@ FAMILY = "kandinsky-3"  # single stage: the message goes straight to the decoder
 def ctx(settings, object_store):
     # A database of its own: the finalize message the handler sends reaches no session worker.
     url = settings.redis_url.rsplit("/", 1)[0] + "/9"
-    own = settings.model_copy(update={"redis_url": url, "batch_max": 2})
+    # One pipeline call per render (FARM_BATCH_EXACT=false), so the test counts renders as calls.
+    own = settings.model_copy(update={"redis_url": url, "batch_max": 2, "batch_exact": False})
     client = redis.Redis.from_url(url)
     client.flushdb()
     from workers.app import create_app

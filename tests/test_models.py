@@ -225,3 +225,19 @@ def test_farm_models_cli_verifies_builds_and_repairs(tmp_path):
     assert [(r["family"], r["part"], r["ok"]) for r in listed] == [
         ("kandinsky-3", "kandinsky3", True)
     ]
+
+
+def test_an_evicted_family_leaves_memory(tiny_settings):
+    """A ``--resident 1`` decoder never holds two families: once it switches, nothing in the
+    worker keeps the evicted family's weights alive (issue 18)."""
+    import gc
+    import weakref
+
+    from workers.context import Models
+
+    models = Models(tiny_settings, "decoder", ["kandinsky-2.2", "kandinsky-3"], capacity=1)
+    unet = weakref.ref(models.pipeline("kandinsky-2.2", "text2img").unet)
+    models.pipeline("kandinsky-2.2", "inpaint")
+    models.pipeline("kandinsky-3", "text2img")
+    gc.collect()
+    assert unet() is None, gc.get_referrers(unet())

@@ -70,7 +70,11 @@ def check_url(url: str, allow_private: bool, field: str = "callback_url") -> Non
     Raises:
         InvalidJob: naming the field and why.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsed lazily: a bad port raises here, not mid-delivery
+    except ValueError as e:  # "Invalid IPv6 URL" (a stray bracket), a port out of range
+        raise InvalidJob(field, f"not a URL ({e})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidJob(field, "must be an http:// or https:// URL with a host")
     if parts.username or parts.password:

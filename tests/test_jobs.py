@@ -369,3 +369,41 @@ def test_a_grid_varying_too_many_coupled_parameters_is_refused_with_the_limit():
     with pytest.raises(InvalidJob) as exc:
         CampaignSpec.parse(body).expand()
     assert exc.value.field == "grid.params" and "at most 10000" in exc.value.reason
+
+
+def test_a_default_input_applies_only_where_the_task_reads_it():
+    """A campaign default such as ``mask`` fits the inpainting jobs and is left out of the
+    others (a grid over tasks); an input a job names itself for a task that ignores it is still
+    refused."""
+    from farm.domain.campaigns import CampaignSpec, plan_grid
+
+    image, mask = "in:" + "a" * 64, "in:" + "b" * 64
+    defaults = {"image": image, "mask": mask, "height": 64, "width": 64}
+    listed = CampaignSpec.model_validate(
+        {
+            "defaults": defaults,
+            "jobs": [
+                {"prompt": "a", "task": "inpaint"},
+                {"prompt": "b", "task": "img2img"},
+                {"prompt": "c"},
+            ],
+        }
+    ).expand()
+    assert [(s.image, s.mask) for s in listed] == [(image, mask), (image, None), (None, None)]
+    grid = CampaignSpec.model_validate(
+        {
+            "defaults": defaults,
+            "grid": {"prompts": ["a"], "seeds": [1], "params": {"task": ["inpaint", "text2img"]}},
+        }
+    )
+    total, _, _ = plan_grid(grid)
+    specs = grid.expand()  # through the manifest, as the feeder computes them
+    assert total == 2 and [(s.task, s.mask) for s in specs] == [
+        ("inpaint", mask),
+        ("text2img", None),
+    ]
+    with pytest.raises(InvalidJob) as e:
+        CampaignSpec.model_validate(
+            {"defaults": defaults, "jobs": [{"prompt": "a", "task": "text2img", "mask": mask}]}
+        ).expand()
+    assert e.value.field == "mask"

@@ -46,6 +46,8 @@ def test_tenant_secrets_differ_and_are_stable():
         ("ftp://example.com/hook", "http:// or https://"),
         ("http://user:pw@8.8.8.8/hook", "credentials"),
         ("not a url", "http:// or https://"),
+        ("http://K]F\u008e\u0093", "not a URL"),  # a stray bracket: urlsplit raises (was a 500)
+        ("http://example.com:99999/hook", "not a URL"),
     ],
 )
 def test_internal_or_odd_callback_urls_are_refused(url, words):

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from farm.domain.jobs import MAX_PROMPT_CHARS, MAX_SEED, JobSpec, field_path
+from farm.domain.jobs import MAX_PROMPT_CHARS, MAX_SEED, JobSpec, field_path, with_defaults
 from farm.errors import InvalidJob
 
 MAX_JOBS = 100_000  # an explicit job list (it travels in one request body)
@@ -143,7 +143,7 @@ class CampaignSpec(BaseModel):
         if self.jobs is not None:
             return [
                 JobSpec.parse(
-                    {**self.defaults, **job} if isinstance(job, dict) else job, index=i
+                    with_defaults(self.defaults, job) if isinstance(job, dict) else job, index=i
                 ).with_seed()
                 for i, job in enumerate(self.jobs)
             ]
@@ -214,7 +214,7 @@ def plan_grid(campaign: CampaignSpec) -> tuple[int, list[int], list[JobSpec]]:
         if name not in coupled
         for value in grid.params[name][1:]
     ]
-    base = {**campaign.defaults, "prompt": grid.prompts[0], "seed": seeds[0]}
+    base = {"prompt": grid.prompts[0], "seed": seeds[0]}
     rows = [{**base, **v} for v in variants]
     # Prompts are checked as values (a full spec each would cost seconds per million): a long
     # one fails anywhere; a blank one passes for interpolation only, so it meets every variant.
@@ -226,7 +226,7 @@ def plan_grid(campaign: CampaignSpec) -> tuple[int, list[int], list[JobSpec]]:
     out = []
     for data in rows:
         try:
-            spec = JobSpec.parse(data)
+            spec = JobSpec.parse(with_defaults(campaign.defaults, data))
         except InvalidJob as e:
             raise InvalidJob(_grid_origin(e.field, names), e.reason) from None
         if spec.parent_indexes():

@@ -47,6 +47,20 @@ TAKES = {
     "controlnet-depth-img2img": ("image", "hint"),
 }
 
+INPUT_FIELDS = ("image", "mask", "hint", "interpolate")
+
+
+def with_defaults(defaults: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """A job's own fields over its campaign's defaults. A default input the job's task does not
+    read (a default ``mask`` on a controlnet job of a grid over tasks) is left out: a default
+    applies where it fits. An input the job names itself for a task that does not read it is
+    still refused."""
+    task = own.get("task", defaults.get("task", "text2img"))
+    takes = TAKES.get(task, ()) if isinstance(task, str) else INPUT_FIELDS
+    kept = {k: v for k, v in defaults.items() if k not in INPUT_FIELDS or k in takes}
+    return {**kept, **own}
+
+
 # Fields whose bounds are the family's (``bounds``): they carry no bound of their own, so that a
 # refusal names the limit that applies to the job, never a wider one.
 BOUNDED = ("height", "width", "num_inference_steps", "prior_num_inference_steps")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from farm import keys
-from farm.domain.jobs import JobSpec
+from farm.domain.jobs import JobSpec, with_defaults
 
 CHUNK = 10_000  # jobs per manifest chunk object of an explicit job list
 
@@ -120,13 +120,8 @@ class Manifest:
         for name, size in zip(reversed(names), reversed(sizes), strict=True):
             combo_i, at = divmod(combo_i, size)
             values[name] = grid["params"][name][at]
-        data = {
-            **(self.spec.get("defaults") or {}),
-            **values,
-            "prompt": grid["prompts"][prompt_i],
-            "seed": seeds[seed_i],
-        }
-        return JobSpec.parse(data)
+        own = {**values, "prompt": grid["prompts"][prompt_i], "seed": seeds[seed_i]}
+        return JobSpec.parse(with_defaults(self.spec.get("defaults") or {}, own))
 
     def jobs(self, start: int, stop: int, chunk: Callable[[int], list[dict]]) -> list[JobSpec]:
         """Jobs ``start`` to ``stop - 1``; ``chunk(n)`` reads chunk ``n`` of an explicit list."""

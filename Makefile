@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install fonts browser demo test test-fast lint format clean
+.PHONY: install fonts browser demo test test-fast lint format docs clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,7 +58,7 @@ browser:
 demo: install
 	$(BIN)/farm demo
 
-test: install lint browser
+test: install lint docs browser
 	$(BIN)/python -m pytest
 
 # The edit-test loop: everything that starts no stack (about a minute).
@@ -69,10 +69,15 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The docs site (mkdocs.yml, docs/) into site/; --strict fails on a broken link. Offline: no fonts
+# or scripts fetched at build time.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 clean:
 	-$(BIN)/farm down
-	rm -rf $(VENV) .farm out .pytest_cache .ruff_cache
+	rm -rf $(VENV) .farm out site .pytest_cache .ruff_cache

@@ -156,7 +156,7 @@ def series_names() -> set[str]:
     return out
 
 
-# -- recording (workers/handlers.py calls these, one line each) ---------------------------------
+# -- recording (the worker stages (workers/prior.py, decoder.py, common.py) call these, one line each) ---------------------------------
 
 
 def _never_fails(fn: Callable) -> Callable:

@@ -11,34 +11,12 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from farm import settings_parts
 from farm.errors import ConfigError
 
 TINY = "tiny"  # model setting meaning "the tiny random-weight pipelines the farm builds itself"
-
-
-class _PartLocations(PydanticBaseSettingsSource):
-    """``FARM_<PART SETTING>`` variables (``FARM_DECODER_MODEL`` ...) as ``locations``.
-
-    The names come from the family registry, so a newly registered family's parts are settings
-    too, with no field to add here.
-    """
-
-    def get_field_value(self, field, field_name):
-        return None, field_name, False
-
-    def __call__(self) -> dict:
-        import os
-
-        from farm.families import part_settings
-
-        found = {
-            name: os.environ[part.env]
-            for name, part in part_settings().items()
-            if os.environ.get(part.env)
-        }
-        return {"locations": found} if found else {}
 
 
 class Settings(BaseSettings):
@@ -255,25 +233,22 @@ class Settings(BaseSettings):
     def settings_customise_sources(
         cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
     ):
-        return (init_settings, env_settings, _PartLocations(settings_cls), file_secret_settings)
+        return (
+            init_settings,
+            env_settings,
+            settings_parts.PartLocations(settings_cls),
+            file_secret_settings,
+        )
 
     @model_validator(mode="before")
     @classmethod
     def _part_kwargs(cls, data):
-        # Settings(decoder_model=...) in code reads like the variable; file it under locations.
-        if isinstance(data, dict):
-            from farm.families import part_settings
-
-            moved = {k: data[k] for k in part_settings() if k in data}
-            if moved:
-                rest = {k: v for k, v in data.items() if k not in moved}
-                data = {**rest, "locations": {**dict(data.get("locations") or {}), **moved}}
-        return data
+        return settings_parts.file_part_kwargs(data)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        self._families(self.models, "FARM_MODELS")
-        self._families(self.worker_models, "FARM_WORKER_MODELS")
+        settings_parts.families(self.models, "FARM_MODELS")
+        settings_parts.families(self.worker_models, "FARM_WORKER_MODELS")
         if self.task_soft_time_limit_s >= self.task_time_limit_s:
             raise ValueError("task_soft_time_limit_s must be below task_time_limit_s")
         if self.visibility_timeout_s <= self.task_time_limit_s:
@@ -322,20 +297,7 @@ class Settings(BaseSettings):
     @classmethod
     def markdown_table(cls) -> str:
         """Every setting with its default, as the README's table (`farm settings`)."""
-        rows = ["| variable | default | what it is |", "|---|---|---|"]
-        for name, field in cls.model_fields.items():
-            if name == "locations":
-                continue
-            default = "unset" if field.default is None else f"`{field.default}`"
-            rows.append(f"| `FARM_{name.upper()}` | {default} | {field.description} |")
-        from farm.families import part_settings
-
-        for part in part_settings().values():
-            rows.append(
-                f"| `{part.env}` | `tiny` | {part.description}: hub id (`{part.hub_id}`, from the "
-                "HF cache), a local folder, or 'tiny'. |"
-            )
-        return "\n".join(rows)
+        return settings_parts.markdown_table(cls)
 
     def tenants(self) -> dict[str, str]:
         """API server: token -> tenant, from ``api_tokens``."""
@@ -357,19 +319,6 @@ class Settings(BaseSettings):
             names = ", ".join("FARM_" + n.upper() for n in missing)
             raise ConfigError(f"{names} not set and no local stack is running: run `farm up`")
 
-    def _families(self, value: str | None, variable: str) -> tuple[str, ...]:
-        from farm.families import REGISTRY
-
-        if not value or value.strip() in ("", "all", "*"):
-            return tuple(REGISTRY)
-        names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
-        unknown = [n for n in names if n not in REGISTRY]
-        if unknown:
-            raise ConfigError(
-                f"{variable}: unknown model family {', '.join(unknown)}; known: {', '.join(REGISTRY)}"
-            )
-        return names
-
     def weights(self) -> dict[str, float]:
         """Feeder fair share weights by tenant (``tenant_weights``; a tenant not named: 1)."""
         out: dict[str, float] = {}
@@ -389,13 +338,13 @@ class Settings(BaseSettings):
     @property
     def enabled_families(self) -> tuple[str, ...]:
         """The families this farm accepts jobs for (``FARM_MODELS``)."""
-        return self._families(self.models, "FARM_MODELS")
+        return settings_parts.families(self.models, "FARM_MODELS")
 
     @property
     def served_families(self) -> tuple[str, ...]:
         """The families a worker serves (``FARM_WORKER_MODELS``, else every enabled one)."""
         if self.worker_models:
-            return self._families(self.worker_models, "FARM_WORKER_MODELS")
+            return settings_parts.families(self.worker_models, "FARM_WORKER_MODELS")
         return self.enabled_families
 
     def location(self, part) -> str:
@@ -416,10 +365,7 @@ class Settings(BaseSettings):
         from farm.families.loading import Speed
 
         return Speed(
-            attention=self.attention,
-            channels_last=self.channels_last,
-            compile=self.compile,
-            cpu_offload=self.cpu_offload,
+            **self.model_dump(include={"attention", "channels_last", "compile", "cpu_offload"})
         )
 
     @property

@@ -82,7 +82,7 @@ def test_a_renders_jobs_are_done_while_the_next_render_runs(ctx, monkeypatch):
             seen_during_second.append(records.states(ids))
         return [[Image.new("RGB", (64, 64), (len(renders) * 40, 0, 0))] for _ in batch]
 
-    monkeypatch.setattr(handlers, "run_single_batch", render)
+    monkeypatch.setattr("workers.decoder.run_single_batch", render)  # the decoder stage calls it
     monkeypatch.setattr(Models, "pipeline", lambda self, family, task: None)
     ex = handlers.Execution.of("m1", 0)
     out = handlers.decoder(ctx, cid, jobs, ex)

@@ -169,7 +169,7 @@ def test_prefork_children_share_the_weights_loaded_before_the_fork(monkeypatch, 
     monkeypatch.setattr(context.Models, "parts", parts)
     monkeypatch.setattr(memory, "shared", None)
     settings = Settings(state_dir=tmp_path, torch_threads=1)
-    memory.preload(settings, "decoder", ("kandinsky-2.2",), 0)
+    memory.preload(context.Models(settings, "decoder", ("kandinsky-2.2",)), 0)
     assert memory.take("decoder", ("kandinsky-2.2",), 0) is memory.shared
     assert memory.take("decoder", ("kandinsky-2.2",), 1) is None  # --resident: children load
     read, write = os.pipe()

@@ -172,7 +172,7 @@ def test_the_cli_sends_the_campaign_file_as_written(http, monkeypatch, tmp_path,
     client = Client("http://testserver", "unused")
     client.http = http
     monkeypatch.setattr(client, "close", lambda: None)
-    monkeypatch.setattr(cli, "_client", lambda settings: client)
+    monkeypatch.setattr(cli.campaigns, "_client", lambda settings: client)
     monkeypatch.setenv("FARM_STATE_DIR", str(tmp_path / "state"))
     good = tmp_path / "good.yaml"
     good.write_text('priority: high\njobs:\n  - {prompt: "a", height: 64, width: 64}\n')

@@ -14,7 +14,7 @@ from farm.families import REGISTRY, get
 from farm.families.loading import load, verify
 from farm.families.tiny import build_k22_decoder, build_k22_prior, is_tiny
 from farm.local.models import build_tiny, rows
-from farm.local.stack import Stack
+from farm.local.processes import worker_pool
 from farm.settings import Settings
 
 K22 = get("kandinsky-2.2")
@@ -166,7 +166,7 @@ def test_registry_hub_ids_are_unique_per_weights():
 )
 def test_cuda_workers_never_fork(device, pool, expected, tmp_path):
     # CUDA cannot be initialised in a forked child (celery#3402): GPU workers run solo.
-    assert Stack(Settings(state_dir=tmp_path, device=device, worker_pool=pool))._pool() == expected
+    assert worker_pool(Settings(state_dir=tmp_path, device=device, worker_pool=pool)) == expected
 
 
 @pytest.mark.gpu

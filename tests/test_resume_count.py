@@ -46,7 +46,7 @@ def test_resume_counts_the_unfed_jobs_that_a_cancel_stopped(settings, monkeypatc
         monkeypatch.delenv(k)
     monkeypatch.setenv("FARM_STATE_DIR", str(settings.state_dir / "no-stack"))
     client = Client("http://farm.test", "t", transport=httpx.MockTransport(api))
-    monkeypatch.setattr(cli, "_client", lambda settings: client)
+    monkeypatch.setattr(cli.campaigns, "_client", lambda settings: client)
     assert cli.main(["resume", cid]) == 0
     printed = int(re.search(r"requeued (\d+) jobs", capsys.readouterr().out).group(1))
     will_run = _will_run(farm, cid)

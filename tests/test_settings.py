@@ -145,9 +145,9 @@ def test_app_refuses_pickle(tmp_path):
 def test_readme_lists_every_setting_with_its_default():
     from pathlib import Path
 
-    readme = Path(__file__).resolve().parent.parent.joinpath("README.md").read_text()
+    readme = Path(__file__).resolve().parent.parent.joinpath("docs", "settings.md").read_text()
     assert Settings.markdown_table() in readme, (
-        "README settings table is stale: paste `farm settings`"
+        "docs/settings.md settings table is stale: paste `farm settings`"
     )
 
 
@@ -165,7 +165,7 @@ def test_readme_shows_the_capability_matrix():
 
     from farm.families import markdown_matrix
 
-    readme = Path(__file__).resolve().parent.parent.joinpath("README.md").read_text()
+    readme = Path(__file__).resolve().parent.parent.joinpath("docs", "capabilities.md").read_text()
     assert markdown_matrix() in readme, (
-        "README capability matrix is stale: paste `farm capabilities`"
+        "docs/capabilities.md capability matrix is stale: paste `farm capabilities`"
     )

@@ -67,7 +67,7 @@ def _on_worker_init(sender, **_):
     try:
         plan = make_plan(list(sender.app.amqp.queues.consume_from or {}), sender.hostname)
         verify(plan)
-        placement.plan = plan
+        placement.plan, placement.settings = plan, settings
         _start_metrics(sender)
     except (ConfigError, ModelError) as e:
         raise SystemExit(f"farm worker: cannot start: {e}") from None
@@ -91,7 +91,8 @@ def _preload_or_exit() -> None:
     from workers import memory
 
     try:
-        memory.preload(settings, plan.stage, plan.families, plan.resident)
+        models = context.Models(settings, plan.stage, plan.families, plan.resident)
+        memory.preload(models, plan.resident)
     except Exception:
         logging.getLogger("farm.worker").exception("farm worker: loading the pipelines failed")
         raise SystemExit(70) from None

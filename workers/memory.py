@@ -63,7 +63,7 @@ def fields(models) -> dict:
     }
 
 
-def preload(settings, stage: str, families, resident: int) -> None:
+def preload(models, resident: int) -> None:
     """Main process of a prefork CPU worker: load every served family once, before the fork.
 
     Only when every family stays resident: a child that evicts a shared family frees nothing
@@ -74,13 +74,12 @@ def preload(settings, stage: str, families, resident: int) -> None:
         return
     import torch
 
-    from workers.context import Models
-
+    # The caller builds ``models`` (a workers.context.Models): context imports this module.
+    settings, families = models.settings, models.families
     threads = torch.get_num_threads()
     # One thread while loading: an OpenMP pool started before fork() can hang the children.
     torch.set_num_threads(1)
     try:
-        models = Models(settings, stage, families, resident)
         load(models, families)
     finally:
         torch.set_num_threads(settings.torch_threads or threads)

@@ -20,6 +20,7 @@ from celery import bootsteps
 
 from farm import fleet, keys
 from farm.families import get
+from farm.settings import Settings
 
 log = logging.getLogger("farm.worker")
 SWITCH_IDLE_S = 1.0  # hysteresis: a queue refilled by a prior within this is not abandoned
@@ -41,6 +42,7 @@ class Plan:
 
 
 plan: Plan | None = None
+settings: Settings | None = None  # both set by workers.main when the worker starts
 
 
 class Placement(bootsteps.StartStopStep):
@@ -62,7 +64,6 @@ class Placement(bootsteps.StartStopStep):
         if plan is None:
             return
         from farm.stores.connect import redis_client
-        from workers.main import settings  # plan is set by workers.main: it is loaded
 
         self.redis = redis_client(settings, health_check_interval=30)
         self.current = list(plan.families[: plan.resident] if plan.resident else plan.families)

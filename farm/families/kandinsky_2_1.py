@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from farm.families import tiny
+import farm.families.tiny as tiny
 from farm.families.base import Family, Part, Pipe, Task
 
 PRIOR = Part(

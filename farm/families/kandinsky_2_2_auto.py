@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from farm.families import kandinsky_2_2 as k22
+import farm.families.kandinsky_2_2 as k22
 from farm.families.base import Family, Pipe, Task
 
 DECODER = replace(k22.DECODER, load_as="AutoPipelineForText2Image")

@@ -7,9 +7,9 @@ returns plain images, so the test watches the decoder handler's bookkeeping, not
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
-import time
 
 import pytest
 import redis
@@ -18,6 +18,7 @@ from PIL import Image
 from farm import keys
 from farm.domain.jobs import JobSpec, JobState
 from farm.stores.records import RecordStore
+from tests.waiting import wait_until
 from workers import handlers
 from workers.context import Models, WorkerContext
 
@@ -73,12 +74,10 @@ def test_a_renders_jobs_are_done_while_the_next_render_runs(ctx, monkeypatch):
         if len(renders) == 2:
             # The second render runs: the first render's jobs turn done meanwhile (their
             # stores finish in the background), not only once this render returns.
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                states = records.states(ids[:2])
-                if states == [JobState.DONE] * 2:
-                    break
-                time.sleep(0.05)
+            with contextlib.suppress(AssertionError):  # the assertions below say what was seen
+                wait_until(
+                    lambda: records.states(ids[:2]) == [JobState.DONE] * 2, timeout=20, every=0.05
+                )
             seen_during_second.append(records.states(ids))
         return [[Image.new("RGB", (64, 64), (len(renders) * 40, 0, 0))] for _ in batch]
 

@@ -16,6 +16,7 @@ from farm import fleet, keys
 from farm.domain.jobs import JobSpec, JobState
 from farm.stores.records import RecordStore, start_fence
 from farm.stores.unacked import UNACKED, UNACKED_INDEX, HeldMessages, queue_list
+from tests.waiting import wait_until
 from workers.holding import Holding
 
 QUEUE = "decoder.kandinsky-2.2"
@@ -126,8 +127,9 @@ def test_a_silent_holder_is_dead_only_after_the_confirmation_window(own_db, app)
     assert farm.give_back(confirm_s=0.5) == []
     client.delete(keys.holder(holder.id))
     assert farm.give_back(confirm_s=0.5) == []  # silent again: the window starts over
-    time.sleep(0.6)
-    assert len(farm.give_back(confirm_s=0.5)) == 1
+    silent_at = time.monotonic()
+    back = wait_until(lambda: farm.give_back(confirm_s=0.5), timeout=10, every=0.05)
+    assert len(back) == 1 and time.monotonic() - silent_at >= 0.45
 
 
 def test_unknown_stale_or_running_holders_keep_todays_behaviour(own_db, app):

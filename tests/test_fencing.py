@@ -11,21 +11,15 @@ import pytest
 from farm import keys
 from farm.domain.jobs import JobSpec, JobState
 from farm.stores.records import ACTIVE, RecordStore, own_fence, start_fence
+from tests.databases import own_database
 
 TO_PRIOR = (JobState.QUEUED, JobState.PRIOR)
 
 
 @pytest.fixture
 def own_db(settings):
-    """Settings on a Redis database of its own: no session worker consumes what is sent."""
-    import redis
-
-    own = settings.model_copy(update={"redis_url": settings.redis_url.rsplit("/", 1)[0] + "/8"})
-    client = redis.Redis.from_url(own.redis_url)
-    client.flushdb()
-    yield own, client
-    client.flushdb()
-    client.close()
+    with own_database(settings, 8) as pair:
+        yield pair
 
 
 @pytest.fixture

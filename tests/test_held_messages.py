@@ -16,6 +16,7 @@ from farm import fleet, keys
 from farm.domain.jobs import JobSpec, JobState
 from farm.stores.records import RecordStore, start_fence
 from farm.stores.unacked import UNACKED, UNACKED_INDEX, HeldMessages, queue_list
+from tests.databases import own_database
 from tests.waiting import wait_until
 from workers.holding import Holding
 
@@ -24,13 +25,8 @@ QUEUE = "decoder.kandinsky-2.2"
 
 @pytest.fixture
 def own_db(settings):
-    """Settings on a Redis database of its own: no session worker consumes what is sent."""
-    own = settings.model_copy(update={"redis_url": settings.redis_url.rsplit("/", 1)[0] + "/11"})
-    client = redis.Redis.from_url(own.redis_url)
-    client.flushdb()
-    yield own, client
-    client.flushdb()
-    client.close()
+    with own_database(settings, 11) as pair:
+        yield pair
 
 
 @pytest.fixture

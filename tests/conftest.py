@@ -136,6 +136,18 @@ def redis_client(valkey):
 
 
 @pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict:
+    """Every family's tiny pipelines, loaded in this process, by stage (the batching tests)."""
+    from farm.families import REGISTRY
+    from farm.local.models import build_tiny
+    from workers.context import Models
+
+    settings = Settings(state_dir=tmp_path_factory.mktemp("state"))
+    build_tiny(settings, list(REGISTRY))
+    return {stage: Models(settings, stage, list(REGISTRY)) for stage in ("prior", "decoder")}
+
+
+@pytest.fixture(scope="session")
 def stack(settings, object_store):
     """Real prior and decoder workers (and Flower) against the session's servers."""
     from farm.local.stack import Stack

@@ -14,7 +14,6 @@ from PIL import Image
 from farm.domain.batching import batch_key, batches
 from farm.domain.jobs import JobSpec
 from farm.families import REGISTRY, get
-from farm.local.models import build_tiny
 from farm.settings import Settings
 from farm.stages import (
     TEXT_PRIOR_TASKS,
@@ -32,12 +31,8 @@ IMAGE, MASK, HINT = "in:" + "a" * 64, "in:" + "b" * 64, "in:" + "c" * 64
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    from workers.context import Models
-
-    settings = Settings(state_dir=tmp_path_factory.mktemp("state"))
-    build_tiny(settings, list(REGISTRY))
-    return {stage: Models(settings, stage, list(REGISTRY)) for stage in ("prior", "decoder")}
+def models(tiny_models):
+    return tiny_models
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ import time
 from farm import fleet, keys
 from farm.domain.jobs import JobState
 from farm.stores.records import ACTIVE
-from farm.stores.unacked import CONFIRM_S, HeldMessages
+from farm.stores.unacked import CONFIRM_S, UNACKED, HeldMessages
 from farm.stores.unacked import message_jobs as _message_jobs
 
 log = logging.getLogger("farm.reconciler")
@@ -56,7 +56,7 @@ class Reconciling:
         for queue in names:
             for name in fleet.priority_lists(queue):
                 pipe.lrange(name, 0, -1)
-        pipe.hvals("unacked")
+        pipe.hvals(UNACKED)
         *lists, unacked = pipe.execute()
         queued = [json.loads(e) for entries in lists for e in entries]
         held_raw = []

@@ -33,9 +33,19 @@ def test_a_small_campaign_is_not_starved_by_another_tenants_big_one(alice, bob, 
     backlog = "farm:backlog:prior.kandinsky-2.2"
     wait_until(lambda: redis_client.llen(backlog) >= 10, 10, 0.2, "the backlog published")
     assert any(q["backlog"] >= 10 for q in alice.fleet()["queues"])
+    before = big.status()["counts"]
+    ahead = before["prior"] + before["decoding"]  # alice's jobs already on the queues
     shared = _run(bob, **small)
     counts = big.status()["counts"]
     alice.request("POST", f"/v1/campaigns/{big.id}/cancel")
     big.wait(timeout=120)
     assert counts["done"] < 5000  # it really was running beside
-    assert shared <= 3 * alone, f"alone {alone:.2f} s, beside a 5,000-job campaign {shared:.2f} s"
+    # Fair share is an order, not a clock (wall time on a loaded 2-CPU runner is noise): queued
+    # first-come-first-served, bob's 10 jobs would finish after the ~100 of alice's already queued
+    # ahead of them; fed to his share, they overtake them and alice gets on the order of his 10.
+    overtaken = counts["done"] - before["done"]
+    assert ahead >= 40, before
+    assert overtaken < ahead / 2, (
+        f"alice finished {overtaken} of the {ahead} jobs queued ahead while bob's 10 ran "
+        f"(alone {alone:.2f} s, beside {shared:.2f} s)"
+    )

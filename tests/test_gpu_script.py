@@ -160,6 +160,20 @@ def _imported_modules() -> set[str]:
     return {n for n in names if n not in sys.stdlib_module_names and n not in local}
 
 
+def test_every_carried_wheel_is_pinned_at_its_version_in_requirements():
+    # A fresh install (CI) resolves what is not pinned to the index's newest: a carried
+    # package left unpinned drifts from gpu_wheels.sh the day its next release appears.
+    pins = {}
+    for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        spec = line.split("#")[0].strip()
+        if "==" in spec:
+            name, version = spec.split("==")
+            pins[_norm(name.split("[")[0])] = version
+    for spec in _wheels("--list"):
+        name, version = spec.split("==")
+        assert pins.get(_norm(name)) == version, f"requirements.txt must pin {name}=={version}"
+
+
 def test_the_wheels_cover_every_import_and_requirement_at_the_installed_versions():
     from packaging.markers import default_environment
     from packaging.requirements import Requirement

@@ -10,11 +10,12 @@ export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: install fonts browser demo test test-fast lint format docs clean
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch is pinned in requirements.txt to the CPU build; installing it in the same command
 	# keeps pip from pulling the multi-GB CUDA build for diffusers/accelerate.
-	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	# constraints.txt holds every other package at the version tested here (no drift in CI).
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 

@@ -1,4 +1,5 @@
-"""The farm as a service, split by verb: ``submit``, ``views``, ``control``; ``Farm`` holds them."""
+"""The farm as a service, one object per concern (``submit``, ``feed``, ``reconcile``, ``views``,
+``control``); ``Farm`` builds them and offers their verbs."""
 
 from farm.service.farm import Farm
 from farm.service.handle import Campaign

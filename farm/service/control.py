@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import time
+from typing import Any
+
+import redis
 
 from farm import keys
 from farm.domain.jobs import JobState, is_id
 from farm.domain.manifest import JobIds
-from farm.errors import NotFound
-from farm.stores.records import ACTIVE
+from farm.errors import NotFound, ServiceUnavailable
+from farm.service.enqueue import Enqueuer
+from farm.service.feed import Feeding
+from farm.service.rebuild import Rebuilder
+from farm.service.reconcile import Reconciler
+from farm.service.views import Views
+from farm.stores.objects import ObjectStore
+from farm.stores.records import RecordStore
+from farm.stores.transitions import ACTIVE
 
 # KEYS: campaign, counts. ARGV: now. Stops feeding: the jobs not fed yet are cancelled by count
 # (they have no records). Returns {jobs fed before, whether this finished the campaign}.
@@ -53,9 +63,43 @@ return unfed
 
 
 class Control:
-    """Farm's control verbs (mixed into ``Farm``)."""
+    """Cancels, retries and resumes campaigns.
 
-    # -- control ------------------------------------------------------------------------------
+    It checks ownership and reports through ``views``, sends jobs again through ``enqueuer``,
+    rebuilds a campaign Redis lost through ``rebuilder``, sends the stranded jobs of a resumed
+    campaign through ``reconciler`` and feeds its unfed jobs through ``feeding``; ``app`` sends
+    the finalize task.
+
+    Args:
+        prefix: the S3 prefix the campaigns' images live under (``settings.s3_prefix``).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        records: RecordStore,
+        objects: ObjectStore,
+        app: Any,
+        views: Views,
+        enqueuer: Enqueuer,
+        feeding: Feeding,
+        rebuilder: Rebuilder,
+        reconciler: Reconciler,
+        *,
+        prefix: str,
+    ):
+        self.redis = client
+        self.records = records
+        self.objects = objects
+        self.app = app
+        self.views = views
+        self.enqueuer = enqueuer
+        self.feeding = feeding
+        self.rebuilder = rebuilder
+        self.reconciler = reconciler
+        self.prefix = prefix
+        self._cancel = client.register_script(_CANCEL)  # no round trip until its first call
+        self._uncancel = client.register_script(_UNCANCEL)
 
     def cancel(self, campaign_id: str, *, tenant: str = keys.DEFAULT_TENANT) -> dict:
         """Cancel: queued jobs never run, running ones finish, nothing new is fed or enqueued.
@@ -63,8 +107,8 @@ class Control:
         Only this campaign's records move; other campaigns' messages are never touched (the
         cancelled jobs' messages stay queued and are skipped when a worker reaches them).
         """
-        info = self._info(campaign_id, tenant)
-        fed, complete = self.redis.register_script(_CANCEL)(
+        info = self.views.info(campaign_id, tenant)
+        fed, complete = self._cancel(
             keys=[keys.campaign(campaign_id), keys.campaign_counts(campaign_id)],
             args=[time.time()],
         )
@@ -75,11 +119,11 @@ class Control:
             campaign_id, ids, JobState.CANCELLED, (JobState.QUEUED, JobState.PRIOR)
         )
         self._finalize_if_complete(campaign_id)
-        return self.status(campaign_id, tenant=tenant)
+        return self.views.status(campaign_id, tenant=tenant)
 
     def retry_failed(self, campaign_id: str, *, tenant: str = keys.DEFAULT_TENANT) -> int:
         """Re-enqueue the campaign's failed jobs; returns how many."""
-        info = self._info(campaign_id, tenant)
+        info = self.views.info(campaign_id, tenant)
         ids = JobIds(campaign_id, int(info["total"]))[: int(info.get("fed") or 0)]
         moved = self.records.move_many(campaign_id, ids, JobState.QUEUED, (JobState.FAILED,))
         self._requeue(campaign_id, tenant, moved)
@@ -92,22 +136,28 @@ class Control:
             {"requeued": n, "present": m}: n is every job that will run again (sent again now,
             or fed later: the ones a cancel stopped before they were fed).
         """
-        prefix = self.settings.s3_prefix
         if not is_id(campaign_id):
             raise NotFound("unknown campaign: not a campaign id (32 hex digits)")
         if not self.redis.hexists(keys.campaign(campaign_id), "total"):
             # Redis lost everything: rebuild from the manifest; the feeder sends the jobs whose
             # images are missing and marks the others done.
             try:
-                found = self.rebuild(campaign_id, tenant)
+                found = self.rebuilder.rebuild(campaign_id, tenant)
             except NotFound:
                 raise NotFound(f"unknown campaign {campaign_id}") from None
-            self.feed_once()
-            total = int(self.records.campaign(campaign_id)["total"])
+            self.feeding.feed_once()
+            rebuilt = self.records.campaign(campaign_id)
+            if rebuilt is None or "total" not in rebuilt:
+                # Another process (the feeder, a resume) is rebuilding it and has not recorded
+                # it yet.
+                raise ServiceUnavailable(
+                    f"campaign {campaign_id} is being rebuilt from S3: resume it again shortly"
+                )
+            total = int(rebuilt["total"])
             return {"requeued": total - found, "present": found}
-        info = self._info(campaign_id, tenant)
+        info = self.views.info(campaign_id, tenant)
         # The unfed jobs a cancel counted out are the feeder's again: they run too.
-        restored = self.redis.register_script(_UNCANCEL)(
+        restored = self._uncancel(
             keys=[
                 keys.campaign(campaign_id),
                 keys.campaign_counts(campaign_id),
@@ -115,8 +165,10 @@ class Control:
             ],
             args=[time.time(), campaign_id],
         )
-        info = self._info(campaign_id, tenant)
-        present = self.objects.list_keys(keys.campaign_prefix(prefix, tenant, campaign_id) + "/")
+        info = self.views.info(campaign_id, tenant)
+        present = self.objects.list_keys(
+            keys.campaign_prefix(self.prefix, tenant, campaign_id) + "/"
+        )
         ids = JobIds(campaign_id, int(info["total"]))[: int(info.get("fed") or 0)]
         done_ids, failed, whole = [], [], 0
         for start in range(0, len(ids), 1000):
@@ -138,9 +190,9 @@ class Control:
         # Jobs in flight are sent again only if no message carries them: a healthy queued or
         # running job is never sent twice, however often (and from however many clients)
         # resume is called.
-        stranded = self.reconcile(grace_s=0.0, campaign_id=campaign_id)
+        stranded = self.reconciler.reconcile(grace_s=0.0, campaign_id=campaign_id)
         self._finalize_if_complete(campaign_id)
-        self.feed_once()
+        self.feeding.feed_once()
         return {"requeued": len(requeue) + len(stranded) + int(restored), "present": whole}
 
     def _requeue(self, campaign_id: str, tenant: str, job_ids: list[str]) -> None:
@@ -150,20 +202,7 @@ class Control:
         for j in job_ids:
             pipe.delete(keys.attempts(j, "prior"), keys.attempts(j, "decoder"))
         pipe.execute()
-        self._send_again(campaign_id, tenant, job_ids)
-
-    def _send_again(self, campaign_id: str, tenant: str, job_ids: list[str]) -> list[str]:
-        """Enqueue recorded jobs again (their campaign's priority); returns the ids sent."""
-        recs = [r for r in self.records.get_many(job_ids) if r is not None]
-        info = self.records.campaign(campaign_id) or {}
-        self._schedule(
-            campaign_id,
-            tenant,
-            [(r.job_id, r.spec) for r in recs],
-            JobIds(campaign_id, int(info.get("total") or 0)),
-            info.get("priority") or "normal",
-        )
-        return [r.job_id for r in recs]
+        self.enqueuer.send_again(campaign_id, tenant, job_ids)
 
     def _finalize_if_complete(self, campaign_id: str) -> None:
         info = self.records.campaign(campaign_id)

@@ -19,19 +19,24 @@ in between leaves the note, and a later pass feeds the range again (its jobs sti
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from farm import fleet, keys
 from farm.domain.batching import RENDERS_PER_MESSAGE
 from farm.domain.jobs import JobState
-from farm.domain.manifest import JobIds, Manifest
-from farm.errors import NotFound, ServiceUnavailable
+from farm.domain.manifest import JobIds
+from farm.errors import ServiceUnavailable
 from farm.families import get
+from farm.service.enqueue import Enqueuer
+from farm.service.manifests import ManifestCache
+from farm.service.replies import text
+from farm.settings import Settings
+from farm.stores.records import RecordStore
 
 log = logging.getLogger("farm.feeder")
 
@@ -69,19 +74,35 @@ class Feedable:
 
 
 class Feeding:
-    """Farm's feeding verbs (mixed into ``Farm``)."""
+    """Feeds the campaigns' jobs to the queues, fairly, as their families drain.
 
-    def _claim_script(self):
-        if not hasattr(self, "_claim"):
-            self._claim = self.redis.register_script(_CLAIM)
-        return self._claim
+    A fed range is recorded (``records``) and sent (``enqueuer``); its specs are read from the
+    manifest (``manifests``). ``app`` sends the finalize task when a range was already done.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        records: RecordStore,
+        app: Any,
+        manifests: ManifestCache,
+        enqueuer: Enqueuer,
+    ):
+        self.settings = settings
+        self.redis = client
+        self.records = records
+        self.app = app
+        self.manifests = manifests
+        self.enqueuer = enqueuer
+        self._claim = client.register_script(_CLAIM)  # no round trip until its first call
 
     # -- what is there ------------------------------------------------------------------------
 
     def feedables(self) -> list[Feedable]:
         """Every campaign the feeder looks after, with its cursor and jobs in flight (one round
         trip); campaigns that ended leave the list."""
-        ids = [c.decode() for c in self.redis.zrange(keys.FEED_CAMPAIGNS, 0, -1)]
+        ids = [text(c) for c in self.redis.zrange(keys.FEED_CAMPAIGNS, 0, -1)]
         if not ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
@@ -93,13 +114,14 @@ class Feeding:
         out, gone = [], []
         for n, cid in enumerate(ids):
             head, counts = raw[2 * n], raw[2 * n + 1]
-            if head[0] is None:
+            tenant, family, prio, created, total, fed, cancelled = (
+                None if v is None else text(v) for v in head
+            )
+            # One HSET writes all three (``RecordStore.create_campaign``): none or all are set.
+            if tenant is None or family is None or total is None:
                 gone.append(cid)  # expired, or Redis lost it (the feeder rebuilds from S3)
                 continue
-            tenant, family, prio, created, total, fed, cancelled = (
-                v.decode() if v is not None else None for v in head
-            )
-            total, fed = int(total), int(fed or 0)
+            size, cursor = int(total), int(fed or 0)
             queued, prior, decoding = (int(v or 0) for v in counts)
             item = Feedable(
                 cid,
@@ -107,10 +129,10 @@ class Feeding:
                 family,
                 prio or "normal",
                 float(created or 0),
-                total,
-                fed,
+                size,
+                cursor,
                 # Queued counts the jobs not fed yet too.
-                max(queued - (total - fed), 0) + prior + decoding,
+                max(queued - (size - cursor), 0) + prior + decoding,
                 cancelled is not None,
             )
             if not item.open and item.inflight == 0:
@@ -123,7 +145,7 @@ class Feeding:
 
     def queued_jobs(self, tenant: str) -> int:
         """Jobs of the tenant's unfinished campaigns not started yet (fed or not)."""
-        ids = [c.decode() for c in self.redis.zrange(keys.FEED_CAMPAIGNS, 0, -1)]
+        ids = [text(c) for c in self.redis.zrange(keys.FEED_CAMPAIGNS, 0, -1)]
         pipe = self.redis.pipeline(transaction=False)
         for cid in ids:
             pipe.hget(keys.campaign(cid), "tenant")
@@ -192,7 +214,7 @@ class Feeding:
 
     def feed_range(self, item: Feedable, most: int, boosted: bool = False) -> int:
         """Claim the campaign's next ``most`` jobs and send them; returns how many."""
-        start, stop = self._claim_script()(
+        start, stop = self._claim(
             keys=[keys.campaign(item.campaign_id), keys.feeding(item.campaign_id)],
             args=[most, time.time()],
         )
@@ -207,8 +229,8 @@ class Feeding:
     ) -> None:
         """Record and enqueue jobs ``start`` to ``stop - 1`` (again, after a crash: the jobs
         that moved on are left alone)."""
-        manifest = self.manifest(campaign_id, tenant)
-        specs = manifest.jobs(start, stop, lambda n: self._chunk(manifest, n))
+        manifest = self.manifests.manifest(campaign_id, tenant)
+        specs = self.manifests.specs(manifest, start, stop)
         pairs = [
             (manifest.job_id(i), spec) for i, spec in zip(range(start, stop), specs, strict=True)
         ]
@@ -233,7 +255,7 @@ class Feeding:
         states = self.records.states([j for j, _ in todo])
         todo = [p for p, state in zip(todo, states, strict=True) if state == JobState.QUEUED]
         ids = JobIds(campaign_id, manifest.total)
-        self._schedule(campaign_id, tenant, todo, ids, manifest.priority, boosted)
+        self.enqueuer.schedule(campaign_id, tenant, todo, ids, manifest.priority, boosted)
         if self.redis.hexists(keys.campaign(campaign_id), "cancelled"):
             # Cancelled while this range went out: its jobs never run.
             self.records.move_many(
@@ -248,32 +270,6 @@ class Feeding:
             pipe.getbit(keys.present(campaign_id), i)
         return [bool(b) for b in pipe.execute()]
 
-    # -- the manifest, cached -------------------------------------------------------------------
-
-    def manifest(self, campaign_id: str, tenant: str) -> Manifest:
-        """A campaign's manifest header (read from S3 once per process)."""
-        found = self.manifests.get(campaign_id)
-        if found is None:
-            raw = self.objects.get(
-                keys.manifest_object(self.settings.s3_prefix, tenant, campaign_id)
-            )
-            found = Manifest.from_header(json.loads(raw))
-            if len(self.manifests) > 1000:
-                self.manifests.clear()
-            self.manifests[campaign_id] = found
-        return found
-
-    def _chunk(self, manifest: Manifest, n: int) -> list[dict]:
-        key = (manifest.campaign_id, n)
-        if key not in self.chunks:
-            if len(self.chunks) > 8:
-                self.chunks.clear()  # a chunk is 10,000 specs: keep a few
-            raw = self.objects.get(
-                keys.manifest_chunk(manifest.prefix, manifest.tenant, manifest.campaign_id, n)
-            )
-            self.chunks[key] = [json.loads(line) for line in raw.decode().splitlines() if line]
-        return self.chunks[key]
-
     # -- repair --------------------------------------------------------------------------------
 
     def refeed_stale(self, older_than_s: float = STALE_FEED_S) -> int:
@@ -282,7 +278,7 @@ class Feeding:
         for item in self.feedables():
             notes = self.redis.hgetall(keys.feeding(item.campaign_id))
             for start, value in notes.items():
-                stop, at = value.decode().split(":")
+                stop, at = text(value).split(":")
                 if now - float(at) < older_than_s:
                     continue
                 log.warning("feeding %s jobs %s-%s again", item.campaign_id, int(start), stop)
@@ -290,77 +286,6 @@ class Feeding:
                 self.redis.hdel(keys.feeding(item.campaign_id), start)
                 count += int(stop) - int(start)
         return count
-
-    def recover(self) -> list[str]:
-        """After Redis lost the farm's state: every unfinished campaign (S3 markers) whose
-        records are gone is rebuilt from its manifest and fed again. Returns their ids."""
-        # Set before the scan: a loss during the scan removes it again, and the next pass
-        # scans again (set after, it would hide that loss for good).
-        if not self.redis.set(keys.FEED_EPOCH, str(time.time()), nx=True):
-            return []
-        prefix = self.settings.s3_prefix
-        rebuilt = []
-        for key in self.objects.list_keys(f"{prefix}/_active/"):
-            campaign_id = key.rsplit("/", 1)[1]
-            if self.redis.hexists(keys.campaign(campaign_id), "total"):
-                continue
-            try:
-                tenant = self.objects.get(key).decode()
-                self.rebuild(campaign_id, tenant)
-                rebuilt.append(campaign_id)
-            except NotFound:
-                continue
-        return rebuilt
-
-    def rebuild(self, campaign_id: str, tenant: str) -> int:
-        """Redis knows nothing of the campaign: record it again from its manifest, note the
-        images S3 already has (the feeder marks those jobs done, never renders them again).
-        Returns how many images were found."""
-        self.manifests.pop(campaign_id, None)
-        manifest = self.manifest(campaign_id, tenant)
-        if not self.redis.hsetnx(keys.campaign(campaign_id), "rebuilding", time.time()):
-            since = float(self.redis.hget(keys.campaign(campaign_id), "rebuilding") or 0)
-            if time.time() - since < 120:
-                return 0  # another process (the feeder, a resume) is rebuilding it
-            self.redis.hset(keys.campaign(campaign_id), "rebuilding", time.time())  # it died
-        prefix = keys.campaign_prefix(manifest.prefix, tenant, campaign_id) + "/"
-        present = set(self.objects.list_keys(prefix))
-        found = 0
-        pipe = self.redis.pipeline(transaction=False)
-        for i in range(manifest.total):
-            key = manifest.key(i)
-            whole = key in present
-            if not whole and key.removesuffix(".png") + "-0.png" in present:
-                # Several images per prompt: done only when every one is there.
-                spec = manifest.jobs(i, i + 1, lambda n: self._chunk(manifest, n))[0]
-                whole = all(k in present for k in keys.image_keys(key, spec.num_images_per_prompt))
-            if whole:
-                pipe.setbit(keys.present(campaign_id), i, 1)
-                found += 1
-        pipe.expire(keys.present(campaign_id), self.settings.record_ttl_s)
-        families = self._families(manifest)
-        self.records.create_campaign(
-            campaign_id,
-            tenant,
-            total=manifest.total,
-            families=families,
-            name=manifest.spec.get("name"),
-            priority=manifest.priority,
-            created_at=manifest.created_at,
-            callback_url=manifest.spec.get("callback_url"),
-        )
-        pipe.hdel(keys.campaign(campaign_id), "rebuilding")
-        pipe.execute()
-        return found
-
-    def _families(self, manifest: Manifest) -> list[str]:
-        if manifest.is_grid:
-            return [manifest.grid_spec(0).model]
-        seen: dict[str, None] = {}
-        for n in range(manifest.chunks):
-            for spec in self._chunk(manifest, n):
-                seen[spec.get("model") or "kandinsky-2.2"] = None
-        return list(seen) or ["kandinsky-2.2"]
 
     def publish_backlog(self) -> dict[str, int]:
         """Each first-stage queue's backlog (jobs not fed yet, plus messages queued), in

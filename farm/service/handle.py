@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from farm import keys
 from farm.domain.jobs import JobRecord, JobState
 from farm.errors import JobFailed
 from farm.progress import wait_for_campaign
+from farm.stores.records import RecordStore
+
+
+class CampaignReader(Protocol):
+    """What a handle reads through: the farm's views (``farm.service.views.Views``)."""
+
+    records: RecordStore
+
+    def status(self, campaign_id: str, *, tenant: str = ...) -> dict: ...
 
 
 @dataclass
 class Campaign:
     """A handle on a submitted campaign (Python API)."""
 
-    farm: Any  # the Farm that submitted it
+    farm: CampaignReader  # reads its status and records (the Farm's views)
     id: str
-    job_ids: list[str]
+    job_ids: Sequence[str]  # computed from the campaign id (``farm.domain.manifest.JobIds``)
     tenant: str = keys.DEFAULT_TENANT
 
     def records(self) -> list[JobRecord]:
-        return [r for r in self.farm.records.get_many(self.job_ids) if r is not None]
+        return [r for r in self.farm.records.get_many(list(self.job_ids)) if r is not None]
 
     def status(self) -> dict:
         return self.farm.status(self.id, tenant=self.tenant)

@@ -25,10 +25,16 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
+
+import redis
 
 from farm import fleet, keys
 from farm.domain.jobs import JobState
-from farm.stores.records import ACTIVE
+from farm.service.enqueue import Enqueuer
+from farm.service.replies import text
+from farm.stores.records import RecordStore
+from farm.stores.transitions import ACTIVE
 from farm.stores.unacked import CONFIRM_S, UNACKED, HeldMessages
 from farm.stores.unacked import message_jobs as _message_jobs
 
@@ -41,8 +47,25 @@ RECHECK_S = 2.0
 _RUNS_IN = {keys.PRIOR_TASK: JobState.PRIOR.value, keys.DECODER_TASK: JobState.DECODING.value}
 
 
-class Reconciling:
-    """Farm's reconciling verbs (mixed into ``Farm``)."""
+class Reconciler:
+    """Finds the jobs in flight that nothing will run and has ``enqueuer`` send them again.
+
+    Args:
+        families: the enabled families (``settings.enabled_families``): their queues are read.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        records: RecordStore,
+        enqueuer: Enqueuer,
+        *,
+        families: Sequence[str],
+    ):
+        self.redis = client
+        self.records = records
+        self.enqueuer = enqueuer
+        self.families = tuple(families)
 
     def covered(self) -> tuple[set[str], dict[str, set[str]]]:
         """Who will still run each job: (the jobs a queued message or a held parent carries;
@@ -51,7 +74,7 @@ class Reconciling:
         A worker holds a message from its delivery to its acknowledgement (kombu's ``unacked``
         hash), claims included (the jobs a decoder gathered from other messages).
         """
-        names = fleet.all_queues(self.settings.enabled_families)
+        names = fleet.all_queues(self.families)
         pipe = self.redis.pipeline(transaction=False)
         for queue in names:
             for name in fleet.priority_lists(queue):
@@ -93,9 +116,7 @@ class Reconciling:
 
     def _uncovered(self, campaign_id: str | None, grace_s: float) -> dict[str, float]:
         """In-flight jobs no message covers, idle for ``grace_s``: job id -> last move time."""
-        members = [
-            m.decode().removeprefix(keys.job("")) for m in self.redis.smembers(keys.INFLIGHT)
-        ]
+        members = [text(m).removeprefix(keys.job("")) for m in self.redis.smembers(keys.INFLIGHT)]
         if campaign_id:
             members = [j for j in members if j.rsplit("-", 1)[0] == campaign_id]
         if not members:
@@ -143,11 +164,11 @@ class Reconciling:
     def give_back(self, confirm_s: float = CONFIRM_S) -> list[str]:
         """Put the messages of worker processes that died holding them back on their queues
         (``farm.stores.unacked``). Returns their message ids."""
-        held = HeldMessages(self.redis, fleet.all_queues(self.settings.enabled_families))
+        held = HeldMessages(self.redis, fleet.all_queues(self.families))
         messages = held.scan()
         dead = held.dead(messages, confirm_s)
         back = [m for m in messages if m.holder_id in dead and held.give_back(m)]
-        for holder in sorted({m.holder_id for m in back}):
+        for holder in sorted({m.holder_id for m in back if m.holder_id}):
             mine = [m.message_id or m.tag for m in back if m.holder_id == holder]
             log.warning("%s died holding %d messages: back in their queues", holder, len(mine))
         return [m.message_id or m.tag for m in back]
@@ -179,7 +200,7 @@ class Reconciling:
             since = {j: second[j] for j in ids}
             moved = self.records.move_many(cid, ids, JobState.QUEUED, ACTIVE, unmoved_since=since)
             # Their delivery counts stay: a job that keeps dying is still a poison job.
-            again = self._send_again(cid, info["tenant"], moved)
+            again = self.enqueuer.send_again(cid, info["tenant"], moved)
             log.warning("campaign %s: %d jobs no message carried: sent again", cid, len(again))
             sent += again
         return sent

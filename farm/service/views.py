@@ -5,24 +5,54 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Iterator
+
+import redis
 
 from farm import fleet, keys
 from farm.domain.jobs import JobRecord, JobState, is_id
 from farm.domain.manifest import JobIds
 from farm.errors import InvalidJob, NotFound
 from farm.service.handle import Campaign
-from farm.stores.records import ACTIVE
+from farm.service.manifests import ManifestCache
+from farm.settings import Settings
+from farm.stores.objects import ObjectStore
+from farm.stores.records import RecordStore
+from farm.stores.transitions import ACTIVE
 
 
 class Views:
-    """Farm's read verbs (mixed into ``Farm``)."""
+    """Reads campaigns, jobs, usage and the fleet; writes nothing.
 
-    def campaign(self, campaign_id: str, *, tenant: str = keys.DEFAULT_TENANT):
+    Jobs not fed yet are described from the manifest (``manifests``); a done job's image is
+    presigned by ``objects``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        records: RecordStore,
+        objects: ObjectStore,
+        manifests: ManifestCache,
+    ):
+        self.settings = settings
+        self.redis = client
+        self.records = records
+        self.objects = objects
+        self.manifests = manifests
+
+    def campaign(self, campaign_id: str, *, tenant: str = keys.DEFAULT_TENANT) -> Campaign:
         """A handle on one of the tenant's campaigns (``farm.service.Campaign``)."""
-        info = self._info(campaign_id, tenant)
+        info = self.info(campaign_id, tenant)
         return Campaign(self, campaign_id, JobIds(campaign_id, int(info["total"])), tenant)
 
-    def _info(self, campaign_id: str, tenant: str) -> dict:
+    def info(self, campaign_id: str, tenant: str) -> dict:
+        """The campaign's record, if it is the tenant's.
+
+        Raises:
+            NotFound: no such campaign, or another tenant's.
+        """
         if not is_id(campaign_id):
             raise NotFound("unknown campaign: not a campaign id (32 hex digits)")
         info = self.records.campaign(campaign_id)
@@ -32,7 +62,7 @@ class Views:
         return info
 
     def status(self, campaign_id: str, *, tenant: str = keys.DEFAULT_TENANT) -> dict:
-        info = self._info(campaign_id, tenant)
+        info = self.info(campaign_id, tenant)
         counts = info["counts"]
         total = int(info["total"])
         now = time.time()
@@ -112,7 +142,7 @@ class Views:
         presign_s: int = 900,
     ) -> tuple[list[dict], str | None]:
         """One page of a campaign's jobs, optionally of one state, and the cursor to the next."""
-        info = self._info(campaign_id, tenant)
+        info = self.info(campaign_id, tenant)
         total = int(info["total"])
         fed = int(info.get("fed_before_cancel") or info.get("fed") or 0)
         # Jobs not fed yet have no records: queued (or cancelled), described by the manifest.
@@ -142,7 +172,7 @@ class Views:
 
     def iter_jobs(
         self, campaign_id: str, *, tenant: str = keys.DEFAULT_TENANT, state: JobState | None = None
-    ):
+    ) -> Iterator[dict]:
         """Every job (or every job in ``state``), a page at a time: for streaming JSON lines."""
         cursor = None
         while True:
@@ -153,14 +183,16 @@ class Views:
             if not cursor:
                 return
 
-    def iter_manifest(self, campaign_id: str, *, tenant: str = keys.DEFAULT_TENANT):
+    def iter_manifest(
+        self, campaign_id: str, *, tenant: str = keys.DEFAULT_TENANT
+    ) -> Iterator[dict]:
         """The campaign's manifest as jobs (index, id, spec, image key), computed a chunk at a
         time from the header in S3: a million-job grid streams without being built."""
-        self._info(campaign_id, tenant)
-        manifest = self.manifest(campaign_id, tenant)
+        self.info(campaign_id, tenant)
+        manifest = self.manifests.manifest(campaign_id, tenant)
         for start in range(0, manifest.total, 1000):
             stop = min(start + 1000, manifest.total)
-            specs = manifest.jobs(start, stop, lambda n: self._chunk(manifest, n))
+            specs = self.manifests.specs(manifest, start, stop)
             for i, spec in zip(range(start, stop), specs, strict=True):
                 yield {
                     "index": i,
@@ -170,8 +202,8 @@ class Views:
                 }
 
     def _unfed_view(self, campaign_id: str, tenant: str, index: int, state: JobState) -> dict:
-        manifest = self.manifest(campaign_id, tenant)
-        spec = manifest.jobs(index, index + 1, lambda n: self._chunk(manifest, n))[0]
+        manifest = self.manifests.manifest(campaign_id, tenant)
+        spec = self.manifests.specs(manifest, index, index + 1)[0]
         return {
             "job_id": manifest.job_id(index),
             "state": state.value,
@@ -187,6 +219,8 @@ class Views:
 
     def _job_view(self, rec: JobRecord, presign_s: int) -> dict:
         done = rec.state == JobState.DONE
+        # A done job always has its key; the check is for the type, not a case that happens.
+        url = self.objects.presigned_url(rec.s3_key, presign_s) if done and rec.s3_key else None
         return {
             "job_id": rec.job_id,
             "state": rec.state.value,
@@ -194,7 +228,7 @@ class Views:
             "seed": rec.seed,
             "s3_key": rec.s3_key,
             "s3_keys": rec.s3_keys,
-            "url": self.objects.presigned_url(rec.s3_key, presign_s) if done else None,
+            "url": url,
             "urls": [self.objects.presigned_url(k, presign_s) for k in rec.s3_keys] if done else [],
             "timings": rec.timings,
             "error": rec.error,

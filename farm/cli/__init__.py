@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from farm.cli import campaigns, models, stack
+from farm.cli import campaigns, export, models, stack
 from farm.cli.campaigns import load_campaign_file, usage_line
 from farm.cli.stack import step_printer
 from farm.errors import (
@@ -23,7 +23,7 @@ from farm.errors import (
 )
 from farm.settings import Settings
 
-_GROUPS = {**stack.COMMANDS, **campaigns.COMMANDS, **models.COMMANDS}
+_GROUPS = {**stack.COMMANDS, **campaigns.COMMANDS, **export.COMMANDS, **models.COMMANDS}
 # The order `farm --help` lists them in.
 _ORDER = (
     "up",
@@ -39,6 +39,7 @@ _ORDER = (
     "usage",
     "ls",
     "results",
+    "export",
     "cancel",
     "resume",
     "retry",

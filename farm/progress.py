@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 WINDOW_S = 30.0
 
@@ -79,9 +80,70 @@ def clock_text(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
+class Waiter:
+    """One wait's state: the rate, the deadline and the bar. ``see(status)`` takes each poll's
+    status and says whether the campaign has finished, so the sync and the async poll loops
+    share everything but their sleep.
+
+    Raises (from ``see``):
+        TimeoutError: not finished within ``timeout`` seconds.
+    """
+
+    def __init__(
+        self,
+        campaign_id: str,
+        total: int,
+        *,
+        timeout: float | None,
+        progress: bool,
+        clock=time.monotonic,
+        file=None,
+    ):
+        self.campaign_id = campaign_id
+        self.total = total
+        self.timeout = timeout
+        self.clock = clock
+        self.deadline = None if timeout is None else clock() + timeout
+        self.rate = Rate(total, clock=clock)
+        self.bar = None
+        if progress:
+            self.bar = _bar()(
+                total=total,
+                unit="img",
+                desc=f"campaign {campaign_id[:8]}",
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{stats}]",
+                file=file,
+            )
+
+    def see(self, status: Any) -> bool:
+        c = status["counts"]
+        finished = c["done"] + c["failed"] + c["cancelled"]
+        self.rate.add(finished)
+        if self.bar is not None:
+            self.bar.stats = self.rate.summary(c["failed"])
+            self.bar.update(finished - self.bar.n)
+            self.bar.refresh()
+        if finished >= self.total:
+            return True
+        if self.deadline is not None and self.clock() > self.deadline:
+            counts = dict(c)
+            raise TimeoutError(f"campaign {self.campaign_id}: {counts} after {self.timeout}s")
+        return False
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self) -> Waiter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def wait_for_campaign(
     campaign_id: str,
-    status: Callable[[], dict],
+    status: Callable[[], Any],
     total: int,
     *,
     timeout: float | None,
@@ -90,46 +152,46 @@ def wait_for_campaign(
     clock=time.monotonic,
     sleep=time.sleep,
     file=None,
-) -> dict:
+) -> Any:
     """Poll ``status()`` until no job is queued or running; return the last status.
 
     Raises:
         TimeoutError: not finished within ``timeout`` seconds.
     """
-    deadline = None if timeout is None else clock() + timeout
-    rate = Rate(total, clock=clock)
-    bar = None
-    if progress:
-        bar = _bar()(
-            total=total,
-            unit="img",
-            desc=f"campaign {campaign_id[:8]}",
-            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{stats}]",
-            file=file,
-        )
-    try:
+    with Waiter(
+        campaign_id, total, timeout=timeout, progress=progress, clock=clock, file=file
+    ) as waiter:
         while True:
             st = status()
-            c = st["counts"]
-            finished = c["done"] + c["failed"] + c["cancelled"]
-            rate.add(finished)
-            if bar is not None:
-                bar.stats = rate.summary(c["failed"])
-                bar.update(finished - bar.n)
-                bar.refresh()
-            if finished >= total:
+            if waiter.see(st):
                 return st
-            if deadline is not None and clock() > deadline:
-                raise TimeoutError(f"campaign {campaign_id}: {c} after {timeout}s")
             sleep(poll_s)
-    finally:
-        if bar is not None:
-            bar.close()
+
+
+async def await_campaign(
+    campaign_id: str,
+    status: Callable[[], Awaitable[Any]],
+    total: int,
+    *,
+    timeout: float | None,
+    progress: bool,
+    poll_s: float,
+) -> Any:
+    """``wait_for_campaign`` for an async ``status()``: the event loop runs between polls."""
+    import asyncio
+
+    with Waiter(campaign_id, total, timeout=timeout, progress=progress) as waiter:
+        while True:
+            st = await status()
+            if waiter.see(st):
+                return st
+            await asyncio.sleep(poll_s)
 
 
 def _bar():
-    """tqdm drawing the bar, with our rate and ETA (``{stats}``) in place of its own."""
-    from tqdm import tqdm
+    """tqdm drawing the bar, with our rate and ETA (``{stats}``) in place of its own.
+    ``tqdm.auto``: a text bar in a terminal, a widget in Jupyter (where ipywidgets is there)."""
+    from tqdm.auto import tqdm
 
     class Bar(tqdm):
         stats = ""

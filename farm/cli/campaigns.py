@@ -50,17 +50,42 @@ def load_campaign_file(path: Path) -> dict:
 
 
 def cmd_submit(settings: Settings, args) -> int:
-    body = load_campaign_file(Path(args.file))
-    with _client(settings) as client:
-        from farm.client import CampaignHandle
+    import farm.cli.prompts as prompts
 
-        # The file as written: the API checks every key (priority and callback_url are kept,
-        # a misspelt key is refused), not only the ones the client's arguments name.
-        headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
-        out = client.request("POST", "/v1/campaigns", json=body, headers=headers)
-        handle = CampaignHandle(client, out["campaign_id"], out["job_count"], out["created"])
+    path = Path(args.file)
+    from_prompts = prompts.is_prompts_file(path)
+    ignored: list[str] = []
+    if from_prompts:
+        body, ignored = prompts.campaign(
+            path, seeds=args.seeds, model=args.model, sets=args.set, name=args.name
+        )
+    else:
+        given = [o for o, v in (("--seeds", args.seeds), ("--model", args.model)) if v]
+        given += ["--set"] if args.set else []
+        if given:
+            raise InvalidJob(
+                given[0],
+                f"applies to a prompts file ({', '.join(prompts.SUFFIXES)}); {path.name} is a "
+                "campaign file: write it there (grid.seeds, defaults)",
+            )
+        body = load_campaign_file(path)
+        if args.name:
+            body["name"] = args.name
+    with _client(settings) as client:
+        try:
+            # The body as written: the API checks every key (priority and callback_url are kept,
+            # a misspelt key is refused), not only the ones the client's arguments name.
+            handle = client.submit_body(body, idempotency_key=args.idempotency_key)
+        except InvalidJob as e:
+            raise (prompts.option_of(e, path) if from_prompts else e) from None
         note = "" if handle.created else " (existing campaign for this Idempotency-Key)"
         print(f"campaign {handle.id}: {handle.job_count} jobs{note}")
+        if ignored:  # said after the submission: an error stays the one line on stderr
+            columns = ", ".join(repr(c) for c in ignored)
+            print(
+                f"note: {path.name}: only the 'prompt' column was read, not {columns}",
+                file=sys.stderr,
+            )
         if args.wait:
             status = handle.wait(progress=True)
             print(json.dumps(status["counts"]))
@@ -76,7 +101,7 @@ def cmd_upload(settings: Settings, args) -> int:
 def cmd_watch(settings: Settings, args) -> int:
     with _client(settings) as client:
         status = client.campaign(args.id).wait(progress=True, poll_s=args.interval)
-    print(json.dumps(status, indent=2))
+    print(status.model_dump_json(indent=2))
     print(usage_line(status["usage"]), file=sys.stderr)  # stdout stays one JSON document
     return 0 if status["counts"]["failed"] == 0 else 1
 
@@ -108,7 +133,7 @@ def cmd_ls(settings: Settings, args) -> int:
     with _client(settings) as client:
         rows = client.campaigns(limit=args.limit)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([r.model_dump() for r in rows], indent=2))
         return 0
     print(f"{'campaign':32}  {'state':9}  {'done':>7}/{'total':<7}  {'failed':>6}  name")
     for r in rows:
@@ -131,7 +156,7 @@ def cmd_results(settings: Settings, args) -> int:
             print(f"contact sheet: {sheet}")
             return 0
         for job in handle.results(state=args.state):
-            print(json.dumps(job, ensure_ascii=False))
+            print(json.dumps(job.model_dump(), ensure_ascii=False))
     return 0
 
 
@@ -172,8 +197,28 @@ def cmd_gallery(settings: Settings, args) -> int:
 
 
 def _parse_submit(sub) -> None:
-    s = sub.add_parser("submit", help="submit a campaign file (YAML/JSON object, or JSONL of jobs)")
+    s = sub.add_parser(
+        "submit",
+        help="submit a campaign file (YAML/JSON object, JSONL of jobs) or a prompts file "
+        "(.txt one per line, .csv/.parquet with a prompt column)",
+    )
     s.add_argument("file")
+    s.add_argument(
+        "--seeds",
+        metavar="N|A-B|A,B,...",
+        help="prompts file: N seeds drawn and recorded, or these seeds (0-3, 7,42, 42,); "
+        "default 1 drawn",
+    )
+    s.add_argument("--model", help="prompts file: the model family (`farm models`)")
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="prompts file: a job field for every job (height=768, guidance_scale=7.5); "
+        "repeatable; values read as JSON where they parse",
+    )
+    s.add_argument("--name", help="the campaign's name (a prompts file: default its file name)")
     s.add_argument(
         "--idempotency-key", help="resubmitting with the same key returns the same campaign"
     )

@@ -5,6 +5,7 @@ Session-scoped: one Valkey, one SeaweedFS, one stack of real `celery worker` pro
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -208,3 +209,13 @@ def pytest_sessionfinish(session, exitstatus):
                 pass
             child.wait(timeout=10)
         servers._CHILDREN.pop(pid, None)
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    """No FARM_* settings from the caller's shell, and a state folder with no stack."""
+    for k in list(os.environ):
+        if k.startswith("FARM_"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("FARM_STATE_DIR", str(tmp_path / "state"))
+    return monkeypatch

@@ -17,16 +17,6 @@ from farm.errors import StackError
 from farm.local.servers import free_port
 
 
-@pytest.fixture
-def env(monkeypatch, tmp_path):
-    """No FARM_* settings from the caller's shell, and a state folder with no stack."""
-    for k in list(os.environ):
-        if k.startswith("FARM_"):
-            monkeypatch.delenv(k)
-    monkeypatch.setenv("FARM_STATE_DIR", str(tmp_path / "state"))
-    return monkeypatch
-
-
 def _run(capsys, *argv: str) -> tuple[int, str]:
     code = cli.main(list(argv))
     err = capsys.readouterr().err

@@ -7,7 +7,6 @@ import asyncio
 import importlib.util
 import io
 import json
-import os
 
 import httpx
 import pytest
@@ -40,12 +39,8 @@ STATUS = {
 
 
 @pytest.fixture
-def env(monkeypatch, tmp_path):
-    """No FARM_* settings from the caller's shell, and a state folder with no stack yet."""
-    for k in list(os.environ):
-        if k.startswith("FARM_"):
-            monkeypatch.delenv(k)
-    monkeypatch.setenv("FARM_STATE_DIR", str(tmp_path / "state"))
+def env(env, tmp_path):
+    """conftest's env (no FARM_* settings, no stack), with its state folder made: the folder."""
     (tmp_path / "state").mkdir()
     return tmp_path / "state"
 

@@ -4,7 +4,6 @@ makes, every error naming the line or the option to fix, and one real submission
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import pyarrow as pa
@@ -14,16 +13,6 @@ import pytest
 from farm import cli
 from farm.cli import prompts
 from farm.errors import InvalidJob
-
-
-@pytest.fixture
-def env(monkeypatch, tmp_path):
-    """No FARM_* settings from the caller's shell, and a state folder with no stack."""
-    for k in list(os.environ):
-        if k.startswith("FARM_"):
-            monkeypatch.delenv(k)
-    monkeypatch.setenv("FARM_STATE_DIR", str(tmp_path / "state"))
-    return monkeypatch
 
 
 def _error(capsys, *argv: str) -> str:

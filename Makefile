@@ -66,9 +66,12 @@ test: install lint docs browser
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
+# mypy's settings (what it checks, the strict core) are in pyproject.toml; its cache in
+# .mypy_cache makes a run after a small change take seconds.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m mypy
 
 # The docs site (mkdocs.yml, docs/) into site/; --strict fails on a broken link. Offline: no fonts
 # or scripts fetched at build time.
@@ -81,4 +84,4 @@ format: install
 
 clean:
 	-$(BIN)/farm down
-	rm -rf $(VENV) .farm out site .pytest_cache .ruff_cache
+	rm -rf $(VENV) .farm out site .pytest_cache .ruff_cache .mypy_cache

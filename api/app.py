@@ -44,7 +44,7 @@ class ErrorBody(BaseModel):
 
 
 # Documented on every route: the statuses any of them may return, one body shape.
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or unknown bearer token"},
     404: {"model": ErrorBody, "description": "no such campaign (for this tenant)"},
     409: {"model": ErrorBody, "description": "Idempotency-Key reused for another request"},
@@ -120,7 +120,8 @@ def create_app(settings: Settings | None = None, farm=None) -> FastAPI:
 
     app.add_exception_handler(redis.RedisError, _unavailable)
     app.add_exception_handler(BotoCoreError, _unavailable)
-    app.add_exception_handler(StarletteHTTPException, http_error)
+    # Starlette types a handler as taking any Exception; each gets the class it is registered for.
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):

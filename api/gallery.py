@@ -139,10 +139,10 @@ def thumbnail(data: bytes, side: int = THUMB_SIDE) -> tuple[bytes, str]:
     """A picture at most ``side`` px on its longer side, WebP; a smaller one as it is (PNG)."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
-        if max(im.size) <= side:
+    with Image.open(io.BytesIO(data)) as src:
+        if max(src.size) <= side:
             return data, "image/png"
-        im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+        im = src.convert("RGBA" if "A" in src.getbands() else "RGB")
         im.thumbnail((side, side), Image.Resampling.LANCZOS)
         out = io.BytesIO()
         im.save(out, "WEBP", quality=82, method=4)

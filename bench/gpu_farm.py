@@ -16,7 +16,8 @@ Two ways to run, and the output says which ran:
   process, one stage after the other. No broker, no S3, no queue waits.
 
 A sampler thread reads the GPU's utilisation and memory (nvidia-smi) through each campaign.
-``bench/gpu_report.py`` turns the JSON (and bench/gpu_decoder.py's) into the README's tables.
+``bench/gpu_report.py`` turns the JSON (and bench/gpu_decoder.py's) into the tables of
+docs/throughput.md (GPU).
 """
 
 from __future__ import annotations

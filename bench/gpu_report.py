@@ -1,5 +1,5 @@
-"""The README's GPU tables from bench/gpu_farm.py's JSON (and bench/gpu_decoder.py's inside it),
-and the stage costs ``farm plan --bench`` reads back. No IO.
+"""docs/throughput.md's GPU tables from bench/gpu_farm.py's JSON (and bench/gpu_decoder.py's
+inside it), and the stage costs ``farm plan --bench`` reads back. No IO.
 
     python bench/gpu_report.py out/gpu/gpu_farm.json     # the tables again, from a saved run
 """

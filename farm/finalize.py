@@ -52,8 +52,10 @@ def finalize(records: RecordStore, objects: ObjectStore, prefix: str, campaign_i
     if sheet:
         sheet_key = keys.contact_sheet_object(prefix, tenant, campaign_id)
         tiles = [Tile(objects.get(k), line, n) for k, line, n in sheet]
-        done = int(info["counts"]["done"])
-        shown = f"{len(tiles)} of {done} images" if done > len(tiles) else f"{len(tiles)} images"
+        done_n = int(info["counts"]["done"])
+        shown = (
+            f"{len(tiles)} of {done_n} images" if done_n > len(tiles) else f"{len(tiles)} images"
+        )
         title = f"{info.get('name') or 'campaign'} {campaign_id[:8]} · {shown}"
         objects.put(sheet_key, contact_sheet(tiles, title=title), "image/png")
     objects.delete(keys.active_marker(prefix, campaign_id))

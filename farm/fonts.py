@@ -16,6 +16,7 @@ import functools
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 FONT_DIRS = (
     Path("/usr/share/fonts"),
@@ -129,7 +130,7 @@ def runs(text: str, fonts: tuple[FontFile, ...] | None = None) -> list[Run]:
     current: FontFile | None = None
     buf = ""
 
-    def font_for(ch: str) -> FontFile | None | bool:
+    def font_for(ch: str) -> FontFile | Literal[False]:
         if current is not None and _neutral(ch) and ord(ch) in cmap(current):
             return current
         for f in fonts:

@@ -1,4 +1,4 @@
-"""Every limit a job is checked against, as the README's table (``farm limits``).
+"""Every limit a job is checked against, as the table in docs/campaigns.md, Limits (``farm limits``).
 
 Gathered here, above the families, the domain and the input checks, so that none of them has
 to know the others to print them.

@@ -1,4 +1,4 @@
-"""Every Prometheus metric the farm exports, in one place (README, Metrics).
+"""Every Prometheus metric the farm exports, in one place (docs/metrics.md).
 
 Two sources:
 
@@ -42,7 +42,7 @@ LONG_SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 *
 BATCH = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 FILL = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 
-CATALOG: list[dict] = []  # every metric: name, type, labels, help (README table, tests)
+CATALOG: list[dict] = []  # every metric: name, type, labels, help (docs/metrics.md's table, tests)
 
 
 def _define(kind, name: str, text: str, labels: list[str], **kwargs):
@@ -161,7 +161,7 @@ def series_names() -> set[str]:
 
 def _never_fails(fn: Callable) -> Callable:
     """Metrics are best effort: a job never fails because a metric could not be written."""
-    warned = []
+    warned: list[bool] = []
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

@@ -304,6 +304,6 @@ def prior_replicas(
         f"{CPU_CORE_GFLOPS[dtype]:g} GFLOP/s a core), a GPU decoder {decoder.seconds:.2f} s an "
         f"image ({flop['decoder'][0]:g} TFLOP at {GPU_MFU:.0%} of {GPU_PEAK_TFLOPS:g} TFLOP/s): "
         f"{ratio:.1f} prior pods per decoder (farm/plan.py; estimates until measured: `farm "
-        "plan`, README Stage balance)."
+        "plan`, docs/throughput.md, Stage balance)."
     )
     return top, why

@@ -20,7 +20,7 @@ TINY = "tiny"  # model setting meaning "the tiny random-weight pipelines the far
 
 
 class Settings(BaseSettings):
-    """The farm's settings; the README lists each with its default."""
+    """The farm's settings; docs/settings.md lists each with its default."""
 
     model_config = SettingsConfigDict(env_prefix="FARM_", frozen=True, extra="ignore")
 
@@ -90,7 +90,7 @@ class Settings(BaseSettings):
         description="Decoder: each job of a batch rendered by a call of its own, pixel-identical "
         "to the job rendered alone whatever jobs share its message. false: compatible jobs share "
         "one pipeline call (fewer, larger calls) and a job's pixels move with its batch (measured "
-        "up to 3/255 at 128², 20 steps; README).",
+        "up to 3/255 at 128², 20 steps; docs/architecture.md).",
     )
     tenant_max_queued: int = Field(
         5_000_000,
@@ -226,7 +226,7 @@ class Settings(BaseSettings):
     metrics_listen: str | None = Field(
         None,
         description="Worker: serve Prometheus metrics on HOST:PORT, or PORT on every interface "
-        "(README, Metrics). Unset: not served; `farm up` gives each worker a free port.",
+        "(docs/metrics.md). Unset: not served; `farm up` gives each worker a free port.",
     )
 
     @classmethod
@@ -296,7 +296,7 @@ class Settings(BaseSettings):
 
     @classmethod
     def markdown_table(cls) -> str:
-        """Every setting with its default, as the README's table (`farm settings`)."""
+        """Every setting with its default, as docs/settings.md's table (`farm settings`)."""
         return settings_parts.markdown_table(cls)
 
     def tenants(self) -> dict[str, str]:
@@ -316,8 +316,8 @@ class Settings(BaseSettings):
         """Raise a clear error when Redis or S3 (or only ``names``) is not configured."""
         missing = [n for n in names or ("redis_url", "s3_endpoint") if not getattr(self, n)]
         if missing:
-            names = ", ".join("FARM_" + n.upper() for n in missing)
-            raise ConfigError(f"{names} not set and no local stack is running: run `farm up`")
+            shown = ", ".join("FARM_" + n.upper() for n in missing)
+            raise ConfigError(f"{shown} not set and no local stack is running: run `farm up`")
 
     def weights(self) -> dict[str, float]:
         """Feeder fair share weights by tenant (``tenant_weights``; a tenant not named: 1)."""

@@ -62,7 +62,7 @@ def families(value: str | None, variable: str) -> tuple[str, ...]:
 
 
 def markdown_table(settings_cls) -> str:
-    """Every setting with its default, as the README's table (`farm settings`)."""
+    """Every setting with its default, as docs/settings.md's table (`farm settings`)."""
     rows = ["| variable | default | what it is |", "|---|---|---|"]
     for name, field in settings_cls.model_fields.items():
         if name == "locations":

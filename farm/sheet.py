@@ -166,6 +166,7 @@ class Writer:
 
     def draw(self, draw, xy: tuple[int, int], text: str, width: int, fill, align: str = "auto"):
         """One line with its top-left box at ``xy``; right-aligned when it reads right to left."""
+        x: float  # moved by a measured (fractional) width when right-aligned
         x, y = xy
         if align == "right" or (align == "auto" and is_rtl(text)):
             x += max(0, width - self.width(text))
@@ -308,8 +309,8 @@ def _tile(sheet, draw, geo: Geometry, r: int, c: int, tile: Tile, prompt_w, meta
     ix, iy, _, _ = geo.image(r, c)
     draw.rectangle((ix, iy, ix + geo.thumb - 1, iy + geo.thumb - 1), fill=WELL)
     try:
-        with Image.open(io.BytesIO(tile.png)) as im:
-            im = im.convert("RGB")
+        with Image.open(io.BytesIO(tile.png)) as src:
+            im = src.convert("RGB")
             scale = geo.thumb / max(im.width, im.height)
             size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
             im = im.resize(size, Image.Resampling.LANCZOS)

@@ -10,23 +10,46 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image, PngImagePlugin
 
-from farm.domain.batching import ROW0_INPUTS
 from farm.domain.jobs import JobSpec
+from farm.rows import in_groups, padded, row_groups, takes
 from farm.stores.embeddings import Embeddings
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 SCHEDULERS = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler"}
 
 
-def generator(seed: int) -> torch.Generator:
+def generator(seed: int | None) -> torch.Generator:
     # A CPU generator gives the same noise whatever device the pipeline runs on.
+    if seed is None:
+        raise ValueError("a job reached a stage without a seed (submission draws one)")
     return torch.Generator("cpu").manual_seed(seed)
 
 
-def with_scheduler(pipe, name: str):
+# What validation and submission guarantee, said once: a job reaching a stage has its seed
+# (``generator``), its task's inputs among ``images``, and, for ControlNet, the prior's hint.
+
+
+def _input(images: Mapping[str, Image.Image] | None, ref: str | None) -> Image.Image:
+    if images is None or ref is None:
+        raise ValueError(f"a job's input image {ref!r} was not handed to the stage")
+    return images[ref]
+
+
+def _hint(emb: Embeddings) -> torch.Tensor:
+    if emb.hint is None:
+        raise ValueError("a ControlNet job's embeddings carry no depth hint")
+    return emb.hint
+
+
+def with_scheduler(pipe: DiffusionPipeline, name: str) -> DiffusionPipeline:
     """The pipeline with another scheduler, sharing every weight (a new object, not a mutation)."""
     if name == "default":
         return pipe
@@ -37,13 +60,16 @@ def with_scheduler(pipe, name: str):
 
 
 @torch.inference_mode()
-def run_prior(pipe, spec: JobSpec, images: dict[str, Image.Image] | None = None) -> Embeddings:
+def run_prior(
+    pipe: DiffusionPipeline, spec: JobSpec, images: dict[str, Image.Image] | None = None
+) -> Embeddings:
     """Prompt (or a weighted mix of prompts and images) -> image embeddings (the CLIP prior)."""
     if spec.task == "interpolate":
-        items = [i.text if i.text is not None else images[i.image] for i in spec.interpolate]
+        mix = spec.interpolate or []
+        items = [i.text if i.text is not None else _input(images, i.image) for i in mix]
         out = pipe.interpolate(
             items,
-            [i.weight for i in spec.interpolate],
+            [i.weight for i in mix],
             num_inference_steps=spec.prior_num_inference_steps,
             generator=generator(spec.seed),
             negative_prior_prompt=spec.negative_prompt,
@@ -65,7 +91,7 @@ def run_prior(pipe, spec: JobSpec, images: dict[str, Image.Image] | None = None)
 TEXT_PRIOR_TASKS = ("text2img", "img2img", "inpaint")  # the prior reads only the prompt
 
 
-def run_prior_batch(pipe, specs: list[JobSpec]) -> list[Embeddings]:
+def run_prior_batch(pipe: DiffusionPipeline, specs: list[JobSpec]) -> list[Embeddings]:
     """Several jobs' prompts through the prior: one call per row, so row i *is*
     ``run_prior(pipe, specs[i])``, bit for bit, whatever jobs share its message.
 
@@ -78,7 +104,7 @@ def run_prior_batch(pipe, specs: list[JobSpec]) -> list[Embeddings]:
     return [run_prior(pipe, spec) for spec in specs]
 
 
-def cache_zero_embed(pipe) -> None:
+def cache_zero_embed(pipe: DiffusionPipeline) -> None:
     """Keep the prior's negative embedding for "no negative prompt" (the image encoder on a zero
     image: a constant per model) instead of recomputing it every call."""
     if getattr(pipe, "_farm_zero_cache", None) is not None or not hasattr(pipe, "get_zero_embed"):
@@ -106,7 +132,9 @@ def make_hint(depth: Image.Image) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def run_controlnet_prior(pipe, depth, spec: JobSpec, images: dict[str, Image.Image]) -> Embeddings:
+def run_controlnet_prior(
+    pipe: DiffusionPipeline, depth: Any, spec: JobSpec, images: dict[str, Image.Image]
+) -> Embeddings:
     """ControlNet jobs on the prior worker: embeddings (text, or image+text for img2img) + hint.
 
     ``pipe`` is the prior for ``controlnet-depth`` and the Emb2Emb prior for the img2img variant
@@ -116,7 +144,7 @@ def run_controlnet_prior(pipe, depth, spec: JobSpec, images: dict[str, Image.Ima
     if spec.hint is not None:
         hint = make_hint(images[spec.hint])
     else:
-        hint = make_hint(depth(images[spec.image])["depth"])
+        hint = make_hint(depth(_input(images, spec.image))["depth"])
     if spec.task == "controlnet-depth":
         emb = run_prior(pipe, spec)
         return Embeddings(emb.image_embeds, emb.negative_image_embeds, hint)
@@ -124,7 +152,7 @@ def run_controlnet_prior(pipe, depth, spec: JobSpec, images: dict[str, Image.Ima
     # negative prompt at strength 1.
     g = generator(spec.seed)
     common = {
-        "image": images[spec.image],
+        "image": _input(images, spec.image),
         "generator": g,
         "num_inference_steps": spec.prior_num_inference_steps,
         "guidance_scale": spec.prior_guidance_scale,
@@ -137,7 +165,10 @@ def run_controlnet_prior(pipe, depth, spec: JobSpec, images: dict[str, Image.Ima
 
 @torch.inference_mode()
 def run_decoder(
-    pipe, spec: JobSpec, emb: Embeddings, images: dict[str, Image.Image] | None = None
+    pipe: DiffusionPipeline,
+    spec: JobSpec,
+    emb: Embeddings,
+    images: dict[str, Image.Image] | None = None,
 ) -> list[Image.Image]:
     """Image embeddings (+ input image / mask) -> pictures (UNet + MoVQ), one per embedding row.
 
@@ -147,9 +178,9 @@ def run_decoder(
     depends on that.
     """
     device, dtype = pipe.device, pipe.dtype
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     n = emb.image_embeds.shape[0]
-    if _takes(pipe, "prompt"):
+    if takes(pipe, "prompt"):
         # The 2.1 decoder has its own multilingual text encoder: it reads the prompt too.
         # One prompt per embedding row, like the images and masks below.
         kwargs["prompt"] = spec.prompt if n == 1 else [spec.prompt] * n
@@ -158,14 +189,16 @@ def run_decoder(
     # One input (and mask) per embedding row, explicitly: the pipelines' own expansion of a single
     # image/mask over a batch is where diffusers#13597 lives.
     if spec.task in ("img2img", "inpaint", "controlnet-depth-img2img"):
-        kwargs["image"] = images[spec.image] if n == 1 else [images[spec.image]] * n
+        image = _input(images, spec.image)
+        kwargs["image"] = image if n == 1 else [image] * n
     if spec.task in ("img2img", "controlnet-depth-img2img"):
         kwargs["strength"] = spec.strength
     if spec.task.startswith("controlnet"):
-        kwargs["hint"] = emb.hint.to(device, dtype).repeat(n, 1, 1, 1)
+        kwargs["hint"] = _hint(emb).to(device, dtype).repeat(n, 1, 1, 1)
     if spec.task == "inpaint":
         # White = repaint, as in the guides.
-        kwargs["mask_image"] = images[spec.mask] if n == 1 else [images[spec.mask]] * n
+        mask = _input(images, spec.mask)
+        kwargs["mask_image"] = mask if n == 1 else [mask] * n
     out = with_scheduler(pipe, spec.scheduler)(
         image_embeds=emb.image_embeds.to(device, dtype),
         negative_image_embeds=emb.negative_image_embeds.to(device, dtype),
@@ -179,18 +212,9 @@ def run_decoder(
     return out.images
 
 
-def padded(specs: list, *others: list) -> tuple:
-    """Lists grown to the next power of two by repeating their last item (``torch.compile``d
-    UNets then see a handful of batch shapes, not one per batch size). Returns the real count."""
-    n = len(specs)
-    size = 1 << (n - 1).bit_length()
-    grow = [lst + [lst[-1]] * (size - n) for lst in (specs, *others)]
-    return (n, *grow)
-
-
 @torch.inference_mode()
 def run_decoder_batch(
-    pipe,
+    pipe: DiffusionPipeline,
     specs: list[JobSpec],
     embs: list[Embeddings],
     images: dict[str, Image.Image],
@@ -208,7 +232,7 @@ def run_decoder_batch(
         return [run_decoder(pipe, specs[0], embs[0], images)]
     groups = row_groups(pipe, specs, images, embs)
     if len(groups) > 1:
-        return _in_groups(
+        return in_groups(
             groups,
             lambda g: run_decoder_batch(
                 pipe, [specs[i] for i in g], [embs[i] for i in g], images, pad=pad
@@ -219,19 +243,19 @@ def run_decoder_batch(
         real, specs, embs = padded(specs, embs)
     spec = specs[0]
     device, dtype = pipe.device, pipe.dtype
-    kwargs = {}
-    if _takes(pipe, "prompt"):
+    kwargs: dict[str, Any] = {}
+    if takes(pipe, "prompt"):
         kwargs["prompt"] = [s.prompt for s in specs]
         if spec.negative_prompt is not None:
             kwargs["negative_prompt"] = [s.negative_prompt for s in specs]
     if spec.task in ("img2img", "inpaint", "controlnet-depth-img2img"):
-        kwargs["image"] = [images[s.image] for s in specs]
+        kwargs["image"] = [_input(images, s.image) for s in specs]
     if spec.task in ("img2img", "controlnet-depth-img2img"):
         kwargs["strength"] = spec.strength
     if spec.task.startswith("controlnet"):
-        kwargs["hint"] = torch.cat([e.hint for e in embs]).to(device, dtype)
+        kwargs["hint"] = torch.cat([_hint(e) for e in embs]).to(device, dtype)
     if spec.task == "inpaint":
-        kwargs["mask_image"] = [images[s.mask] for s in specs]
+        kwargs["mask_image"] = [_input(images, s.mask) for s in specs]
     out = with_scheduler(pipe, spec.scheduler)(
         image_embeds=torch.cat([e.image_embeds for e in embs]).to(device, dtype),
         negative_image_embeds=torch.cat([e.negative_image_embeds for e in embs]).to(device, dtype),
@@ -247,32 +271,36 @@ def run_decoder_batch(
 
 @torch.inference_mode()
 def run_single_batch(
-    pipe, specs: list[JobSpec], images: dict[str, Image.Image], *, pad: bool = False
+    pipe: DiffusionPipeline,
+    specs: list[JobSpec],
+    images: dict[str, Image.Image],
+    *,
+    pad: bool = False,
 ) -> list[list[Image.Image]]:
     """Several compatible single-stage jobs in one call, one generator per row (as above)."""
     if len(specs) == 1:
         return [run_single(pipe, specs[0], images)]
     groups = row_groups(pipe, specs, images)
     if len(groups) > 1:
-        return _in_groups(
+        return in_groups(
             groups, lambda g: run_single_batch(pipe, [specs[i] for i in g], images, pad=pad)
         )
     real = len(specs)
     if pad:
         real, specs = padded(specs)
     spec = specs[0]
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if spec.task == "img2img":
-        kwargs = {"image": [images[s.image] for s in specs], "strength": spec.strength}
+        kwargs = {"image": [_input(images, s.image) for s in specs], "strength": spec.strength}
     if spec.task == "inpaint":
         kwargs = {
-            "image": [images[s.image] for s in specs],
-            "mask_image": [images[s.mask] for s in specs],
+            "image": [_input(images, s.image) for s in specs],
+            "mask_image": [_input(images, s.mask) for s in specs],
         }
-    if _takes(pipe, "prior_guidance_scale"):
+    if takes(pipe, "prior_guidance_scale"):
         kwargs["prior_guidance_scale"] = spec.prior_guidance_scale
         kwargs["prior_num_inference_steps"] = spec.prior_num_inference_steps
-    if _takes(pipe, "height"):
+    if takes(pipe, "height"):
         kwargs.update(height=spec.height, width=spec.width)
     out = with_scheduler(pipe, spec.scheduler)(
         prompt=[s.prompt for s in specs],
@@ -290,19 +318,19 @@ def run_single_batch(
 
 @torch.inference_mode()
 def run_single(
-    pipe, spec: JobSpec, images: dict[str, Image.Image] | None = None
+    pipe: DiffusionPipeline, spec: JobSpec, images: dict[str, Image.Image] | None = None
 ) -> list[Image.Image]:
     """A single-stage job (Kandinsky 3, SD, the 2.2 AutoPipelines): prompt (+ inputs) -> pictures."""
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if spec.task == "img2img":
-        kwargs = {"image": images[spec.image], "strength": spec.strength}
+        kwargs = {"image": _input(images, spec.image), "strength": spec.strength}
     if spec.task == "inpaint":
-        kwargs = {"image": images[spec.image], "mask_image": images[spec.mask]}
-    if _takes(pipe, "prior_guidance_scale"):
+        kwargs = {"image": _input(images, spec.image), "mask_image": _input(images, spec.mask)}
+    if takes(pipe, "prior_guidance_scale"):
         # The combined pipelines run the prior too (on the same generator, as diffusers does).
         kwargs["prior_guidance_scale"] = spec.prior_guidance_scale
         kwargs["prior_num_inference_steps"] = spec.prior_num_inference_steps
-    if _takes(pipe, "height"):
+    if takes(pipe, "height"):
         # img2img pipelines of SD / SDXL / Kandinsky 3 take no size: they render the input's.
         kwargs.update(height=spec.height, width=spec.width)
     out = with_scheduler(pipe, spec.scheduler)(
@@ -317,53 +345,7 @@ def run_single(
     return out.images
 
 
-# Pipelines that cut every row's prompt embeddings to the batch's longest prompt (+1), cut the
-# negative prompt to that length too, and whose UNet then averages over it (Kandinsky 3's
-# attention pooling, ``context.mean(dim=1)``): a row renders as alone only beside prompts of
-# its own token count (measured otherwise: up to 100/255).
-CUT_CONTEXT = ("Kandinsky3Pipeline", "Kandinsky3Img2ImgPipeline")
-
-
-def row_groups(pipe, specs: list[JobSpec], images: dict, embs: list | None = None) -> list[list]:
-    """Indexes of ``specs`` in groups that one call of ``pipe`` renders each row of as alone.
-
-    Split apart: different row-0 inputs (``ROW0_INPUTS``); different input sizes where the
-    pipeline takes no size (SD, SDXL and Kandinsky 3 img2img render the input's size, and a batch
-    resizes every input to row 0's or fails); different prompt token counts (``CUT_CONTEXT``);
-    ControlNet hints of different shapes (they cannot be stacked).
-    """
-    name = type(pipe).__name__
-    sized_by_input = not _takes(pipe, "height")
-    groups: dict[tuple, list[int]] = {}
-    for i, spec in enumerate(specs):
-        key: list = [getattr(spec, field) for field in ROW0_INPUTS.get(name, ())]
-        if spec.image is not None and sized_by_input:
-            key.append(images[spec.image].size)
-        if name in CUT_CONTEXT:
-            key.append(len(pipe.tokenizer(spec.prompt, max_length=128, truncation=True).input_ids))
-        if embs is not None and embs[i].hint is not None:
-            key.append(tuple(embs[i].hint.shape))
-        groups.setdefault(tuple(key), []).append(i)
-    return list(groups.values())
-
-
-def _in_groups(groups: list[list[int]], run) -> list:
-    """``run`` on each group of indexes; the rows back in their original order."""
-    out: list = [None] * sum(len(g) for g in groups)
-    for group in groups:
-        for i, rows in zip(group, run(group), strict=True):
-            out[i] = rows
-    return out
-
-
-def _takes(pipe, name: str) -> bool:
-    """Whether the pipeline's call takes ``name`` (the pipelines, not the farm, say what they read)."""
-    import inspect
-
-    return name in inspect.signature(pipe.__call__).parameters
-
-
-def png_bytes(image: Image.Image, parameters: dict | None = None) -> bytes:
+def png_bytes(image: Image.Image, parameters: dict[str, Any] | None = None) -> bytes:
     """Encode as PNG, with the job's parameters in a text chunk so a file explains itself."""
     info = PngImagePlugin.PngInfo()
     if parameters:

@@ -1,6 +1,6 @@
 """Webhooks: when a campaign ends, a signed JSON summary is POSTed to the URL it named.
 
-Signing (the recipe a receiver follows; the README has it too): the request carries
+Signing (the recipe a receiver follows; docs/campaigns.md, Webhooks, has it too): the request carries
 ``Farm-Signature: t=<unix seconds>,v1=<hex>`` where ``hex`` is
 HMAC-SHA256(secret, f"{t}.{raw body}"). The receiver recomputes it with its tenant's secret,
 compares in constant time and refuses timestamps older than a few minutes (replays).
@@ -87,7 +87,7 @@ def check_url(url: str, allow_private: bool, field: str = "callback_url") -> Non
     if allow_private:
         return
     for info in infos:
-        if _internal(info[4][0]):
+        if _internal(str(info[4][0])):  # an IPv4/IPv6 address string (typeshed allows an int)
             raise InvalidJob(
                 field,
                 f"{parts.hostname} resolves to {info[4][0]}, an internal address "

@@ -93,7 +93,7 @@ NOTES = {
     "# (docker build --build-arg BAKE_MODELS=...) and drop this volume in an overlay.\n",
     "api.yaml": "# The producer API, 2 replicas behind a ClusterIP Service (port 80); put your ingress in front.\n"
     "# Prometheus scrapes each pod's /metrics on 8470 (annotations); deny /metrics at a public\n"
-    "# ingress: it has no token (README, Metrics).\n",
+    "# ingress: it has no token (docs/metrics.md).\n",
     "flower.yaml": "# Flower (basic auth from farm-flower). One replica: its history is per process; no PDB,\n"
     "# a dashboard may blink during a drain.\n",
     "feeder.yaml": "# `farm feeder`: campaigns in S3 -> queues, fair share; publishes farm:backlog:<queue>\n"

@@ -33,7 +33,7 @@ from farm.families import Family
 def worker_pod(stage: str, family: Family, size: Sizing) -> dict:
     # Where each of the stage's parts is: its hub id, read from the HF cache (HF_HUB_OFFLINE=1).
     parts = {p.env: p.hub_id for p in family.parts_for(stage)}
-    resources = {
+    resources: dict[str, dict[str, str | int]] = {
         "requests": {"cpu": size.cpu, "memory": size.memory},
         "limits": {"memory": size.memory_limit},
     }
@@ -50,7 +50,7 @@ def worker_pod(stage: str, family: Family, size: Sizing) -> dict:
             {"name": "FARM_METRICS_LISTEN", "value": str(METRICS_PORT)},
             {"name": "PROMETHEUS_MULTIPROC_DIR", "value": METRICS_DIR},
         ],
-        # Prometheus scrapes each worker here (README, Metrics); the API and Flower serve theirs
+        # Prometheus scrapes each worker here (docs/metrics.md); the API and Flower serve theirs
         # on their own ports.
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "resources": resources,

@@ -146,6 +146,10 @@ def _norm(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
 
 
+# Imported only inside the functions that use them, which the GPU run never calls: not carried.
+OFF_GPU = {"pyarrow": "dataset export and Parquet prompt files (farm export, farm submit)"}
+
+
 def _imported_modules() -> set[str]:
     names = set()
     files = [*ROOT.glob("farm/**/*.py"), *ROOT.glob("workers/**/*.py"), *ROOT.glob("api/**/*.py")]
@@ -156,8 +160,23 @@ def _imported_modules() -> set[str]:
                 names |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names.add(node.module.split(".")[0])
-    local = {"farm", "workers", "api", "gpu_report", "gpu_probe", "__future__"}
+    local = {"farm", "workers", "api", "gpu_report", "gpu_probe", "__future__", *OFF_GPU}
     return {n for n in names if n not in sys.stdlib_module_names and n not in local}
+
+
+def test_what_stays_off_the_gpu_machine_is_never_imported_at_module_level():
+    # A module-level import would break `farm` itself there, whatever command runs.
+    files = [*ROOT.glob("farm/**/*.py"), *ROOT.glob("workers/**/*.py"), *ROOT.glob("api/**/*.py")]
+    for path in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                tops = {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                tops = {node.module.split(".")[0]}
+            else:
+                continue
+            assert not tops & set(OFF_GPU), f"{path.relative_to(ROOT)} imports {tops} at the top"
 
 
 def test_every_carried_wheel_is_pinned_at_its_version_in_requirements():

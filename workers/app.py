@@ -1,4 +1,5 @@
-"""The Celery app factory and every Celery setting the farm relies on (see README, Reliability)."""
+"""The Celery app factory and every Celery setting the farm relies on (docs/architecture.md,
+Reliability settings)."""
 
 from __future__ import annotations
 

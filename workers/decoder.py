@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 from farm import keys, metrics
 from farm.domain.batching import batch_key
@@ -121,7 +122,9 @@ def _decode(ctx: WorkerContext, first: JobSpec, jobs: list[dict], ex: Execution)
             return [rows for item in items for rows in call([item])]
         return call(items)
 
-    finishing = []  # one per render, in order: its stores, then its jobs marked done
+    finishing: list[
+        Future[tuple[list[str], set[str]]]
+    ] = []  # one per render, in order: its stores, then its jobs marked done
     # One finisher thread: a render's jobs turn done as soon as their objects are stored
     # (progress and the gallery do not wait for the next render), in the order they ran.
     with (
@@ -193,7 +196,7 @@ def _with_embeddings(ctx, chunk, embs: dict, ex: Execution) -> list:
     if lost:
         log.warning("%d jobs' embeddings are gone: sending them back to the prior", len(lost))
         for cid, mine in _by_campaign(lost).items():
-            back = [(j["job_id"], {}) for j in mine]
+            back: list[tuple[str, dict[str, Any]]] = [(j["job_id"], {}) for j in mine]
             ctx.records.moves(
                 cid, back, JobState.QUEUED, (JobState.DECODING,), fence=own_fence(ex.token)
             )

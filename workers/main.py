@@ -30,6 +30,12 @@ app.steps["consumer"].add(placement.Placement)
 plan: placement.Plan | None = None
 
 
+def _the_plan() -> placement.Plan:
+    if plan is None:  # made by _on_worker_init, before anything loads
+        raise RuntimeError("the worker's plan is not made yet")
+    return plan
+
+
 def make_plan(consumed: list[str], node: str) -> placement.Plan:
     """The worker's stage, served families and resident count, from its settings or its queues."""
     job_queues = [q for q in consumed if q != fleet.FINALIZE_QUEUE]
@@ -91,6 +97,7 @@ def _preload_or_exit() -> None:
     from workers import memory
 
     try:
+        plan = _the_plan()
         models = context.Models(settings, plan.stage, plan.families, plan.resident)
         memory.preload(models, plan.resident)
     except Exception:
@@ -159,6 +166,7 @@ def _on_child_init(**_):
 
 def _init_or_exit(worker_pid: int) -> None:
     try:
+        plan = _the_plan()
         ctx = context.init(
             settings,
             app,

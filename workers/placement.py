@@ -15,12 +15,15 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
+import redis
 from celery import bootsteps
 
 from farm import fleet, keys
 from farm.families import get
 from farm.settings import Settings
+from farm.stores.connect import redis_client, text
 
 log = logging.getLogger("farm.worker")
 SWITCH_IDLE_S = 1.0  # hysteresis: a queue refilled by a prior within this is not abandoned
@@ -34,7 +37,7 @@ class Plan:
     node: str
     stage: str
     families: tuple[str, ...]
-    redis_url: str
+    redis_url: str | None
     resident: int = 0  # 0: every family stays loaded and every queue is consumed
 
     def queue(self, family: str) -> str:
@@ -49,8 +52,9 @@ class Placement(bootsteps.StartStopStep):
     """Consumer bootstep: heartbeat thread + (with ``resident``) the queue switcher."""
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
+    plan: Plan  # the worker's plan (the module's), from start() on; nothing runs before that
 
-    def __init__(self, c, **kwargs):
+    def __init__(self, c: Any, **kwargs: Any) -> None:
         super().__init__(c, **kwargs)
         self.current: list[str] = []
         self.switches = 0
@@ -58,13 +62,12 @@ class Placement(bootsteps.StartStopStep):
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
         self.tref = None
-        self.redis = None
+        self.redis: redis.Redis | None = None  # made by start()
 
     def start(self, c):
         if plan is None:
             return
-        from farm.stores.connect import redis_client
-
+        self.plan = plan
         self.redis = redis_client(settings, health_check_interval=30)
         self.current = list(plan.families[: plan.resident] if plan.resident else plan.families)
         if plan.resident:
@@ -100,12 +103,12 @@ class Placement(bootsteps.StartStopStep):
         from workers import context
 
         fields = {
-            "stage": plan.stage,
-            "families": list(plan.families),
-            "serves": [*(plan.queue(f) for f in plan.families), fleet.FINALIZE_QUEUE],
-            "consuming": [plan.queue(f) for f in self.current],
+            "stage": self.plan.stage,
+            "families": list(self.plan.families),
+            "serves": [*(self.plan.queue(f) for f in self.plan.families), fleet.FINALIZE_QUEUE],
+            "consuming": [self.plan.queue(f) for f in self.current],
             "resident_families": list(self.current),
-            "resident_capacity": plan.resident or len(plan.families),
+            "resident_capacity": self.plan.resident or len(self.plan.families),
             "switches": self.switches,
             "pid": os.getpid(),
         }
@@ -117,20 +120,22 @@ class Placement(bootsteps.StartStopStep):
 
     def _prune(self) -> None:
         """Drop the reports of pool processes that are gone (recycled, or killed and respawned)."""
-        key = keys.worker(plan.node)
+        client, key = self.redis, keys.worker(self.plan.node)
+        if client is None:  # not started
+            return
         gone = [
             f
-            for f in (k.decode() for k in self.redis.hkeys(key))
+            for f in (text(k) for k in client.hkeys(key))
             if f.startswith("proc.") and not os.path.exists(f"/proc/{f.removeprefix('proc.')}")
         ]
         if gone:
-            self.redis.hdel(key, *gone)
+            client.hdel(key, *gone)
 
     def _beat(self) -> None:
         while not self.stop_event.is_set():
             try:
                 self._prune()
-                fleet.write_heartbeat(self.redis, plan.node, self.fields())
+                fleet.write_heartbeat(self.redis, self.plan.node, self.fields())
             except Exception as e:  # Redis away: say so, keep beating
                 log.warning("heartbeat failed: %s", e)
             self.stop_event.wait(fleet.HEARTBEAT_S)
@@ -141,8 +146,8 @@ class Placement(bootsteps.StartStopStep):
         from celery.worker import state
 
         try:
-            counts = fleet.depths(self.redis, [plan.queue(f) for f in plan.families])
-            depth = dict(zip(plan.families, counts, strict=True))
+            counts = fleet.depths(self.redis, [self.plan.queue(f) for f in self.plan.families])
+            depth = dict(zip(self.plan.families, counts, strict=True))
         except Exception:  # Redis away: keep what we consume
             return
         for family in [f for f in self.current if depth[f]]:
@@ -155,18 +160,18 @@ class Placement(bootsteps.StartStopStep):
         if self.idle_since is None:
             self.idle_since = now
             return
-        waiting = [f for f in plan.families if f not in self.current and depth[f]]
+        waiting = [f for f in self.plan.families if f not in self.current and depth[f]]
         if now - self.idle_since < SWITCH_IDLE_S or not waiting:
             return
         pick = max(waiting, key=lambda f: depth[f])
         out = self.current.pop(0)
-        c.cancel_task_queue(plan.queue(out))
-        c.add_task_queue(plan.queue(pick))
+        c.cancel_task_queue(self.plan.queue(out))
+        c.add_task_queue(self.plan.queue(pick))
         self.current.append(pick)
         self.switches += 1
         self.idle_since = None
         log.info("switched from %s to %s (%d waiting)", out, pick, depth[pick])
         try:  # say so now, not at the next beat
-            fleet.write_heartbeat(self.redis, plan.node, self.fields())
+            fleet.write_heartbeat(self.redis, self.plan.node, self.fields())
         except Exception:
             pass

@@ -85,7 +85,7 @@ def store(
     recs: dict,
     timings: dict[str, dict[str, float]],
     puts: ThreadPoolExecutor,
-) -> tuple[str, str]:
+) -> tuple[dict, str]:
     """One rendered job's PNGs (parameters in a text chunk) and result record to S3, the
     uploads side by side (each is a round trip to S3; a lone job waits for all of them)."""
     job_id, key, campaign_id = job["job_id"], job["key"], job["campaign_id"]

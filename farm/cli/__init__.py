@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import pydantic
+
 from farm.cli import campaigns, export, models, stack
 from farm.cli.campaigns import load_campaign_file, usage_line
 from farm.cli.stack import step_printer
@@ -75,7 +77,7 @@ USER_ERRORS = (InvalidJob, NotFound, Unauthorized, Conflict, ConfigError, QuotaE
 def error_line(exc: BaseException) -> str:
     """One line naming what went wrong and what to fix, for any error a command raises."""
     cause = exc.__cause__
-    if isinstance(exc, ConfigError) and hasattr(cause, "errors"):  # pydantic's ValidationError
+    if isinstance(exc, ConfigError) and isinstance(cause, pydantic.ValidationError):
         parts = [
             f"FARM_{'_'.join(str(x) for x in e['loc']).upper()}: {e['msg']} "
             f"(got {e.get('input')!r})"

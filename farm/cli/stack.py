@@ -90,7 +90,7 @@ def cmd_status(settings: Settings, args) -> int:
                 f"  {w['node']:40} {w['stage']:8} {','.join(w['families'])}  "
                 f"resident {','.join(w['resident_parts']) or '-'}  RSS {mib:.0f}{pss} MiB{load}"
             )
-        # Prometheus scrape targets: the API, Flower and each worker (README, Metrics).
+        # Prometheus scrape targets: the API, Flower and each worker (docs/metrics.md).
         print("metrics:")
         for name, url in status.get("metrics", {}).items():
             print(f"  {name:15} {url}")

@@ -17,6 +17,9 @@ from typing import TypeVar
 from farm import families
 from farm.domain.jobs import JobSpec
 
+# What jobs sharing one pipeline call have in common (``batch_key``): hashable values.
+BatchKey = tuple[object, ...]
+
 T = TypeVar("T")
 
 # A message holds up to this many renders' worth of jobs: its decoder stores one render's
@@ -56,7 +59,7 @@ def row0_inputs(spec: JobSpec) -> tuple[str, ...]:
     return tuple(getattr(spec, name) for name in ROW0_INPUTS.get(cls, ()))
 
 
-def batch_key(spec: JobSpec) -> tuple | None:
+def batch_key(spec: JobSpec) -> BatchKey | None:
     """What must match for jobs to share a call; None when the job runs alone."""
     if spec.num_images_per_prompt != 1:
         return None  # already a batch of its own, drawn from one generator

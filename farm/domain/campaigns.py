@@ -41,7 +41,7 @@ class Grid(BaseModel):
 
     @field_validator("seeds", mode="before")
     @classmethod
-    def _json_number(cls, value):
+    def _json_number(cls, value: object) -> object:
         # "3" is not a count, nor true a seed (pydantic's lax mode would take both).
         items = value if isinstance(value, list) else [value]
         if any(isinstance(v, str | bool) for v in items):
@@ -147,6 +147,7 @@ class CampaignSpec(BaseModel):
                 ).with_seed()
                 for i, job in enumerate(self.jobs)
             ]
+        assert self.grid is not None  # _structure: a campaign is a job list or a grid
         return self._expand_grid(self.grid)
 
     def _expand_grid(self, grid: Grid) -> list[JobSpec]:
@@ -177,6 +178,8 @@ def plan_grid(campaign: CampaignSpec) -> tuple[int, list[int], list[JobSpec]]:
         InvalidJob: naming the field where the bad value came from and its limit.
     """
     grid = campaign.grid
+    if grid is None:
+        raise ValueError("plan_grid: the campaign has a job list, not a grid")
     total = len(grid.prompts) * _seed_count(grid)
     combos = 1
     for values in grid.params.values():

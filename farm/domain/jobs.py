@@ -12,7 +12,7 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -29,7 +29,8 @@ from farm.errors import InvalidJob
 # An input image: an upload by content hash, or "job:<n>", the first image of the campaign's n-th
 # job (a chained job runs when that job is done, without the client in the loop).
 INPUT_REF = r"^(in:[0-9a-f]{64}|job:\d{1,6})$"
-SCHEDULERS = ("default", "ddim", "ddpm")
+Scheduler = Literal["default", "ddim", "ddpm"]
+SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
 MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**63 - 1
 
@@ -100,7 +101,7 @@ def _shown(value: int) -> str:
 _TYPE_TAG = re.compile(r"^(int|str|float|bool|[a-z_]+\[.*\]|function-.*)$")
 
 
-def field_path(loc: tuple) -> str:
+def field_path(loc: tuple[int | str, ...]) -> str:
     """A pydantic error location as a dotted field name, without union type tags or "body"."""
     parts = [str(p) for p in loc if p != "body" and not _TYPE_TAG.match(str(p))]
     return ".".join(parts)
@@ -117,7 +118,7 @@ class InterpolationItem(BaseModel):
 
     @field_validator("weight", mode="before")
     @classmethod
-    def _json_number(cls, value):
+    def _json_number(cls, value: object) -> object:
         if isinstance(value, str | bool):
             raise ValueError(f"must be a number, not {type(value).__name__} {value!r}"[:120])
         return value
@@ -151,12 +152,12 @@ class JobSpec(BaseModel):
     hint: str | None = Field(None, pattern=INPUT_REF, description="ControlNet: a depth map")
     prior_strength: float = Field(0.3, gt=0, le=1, description="ControlNet img2img: prior strength")
     interpolate: list[InterpolationItem] | None = Field(None, min_length=2, max_length=16)
-    scheduler: Literal[SCHEDULERS] = "default"
+    scheduler: Scheduler = "default"
     num_images_per_prompt: int = Field(1, ge=1, le=8, description="images from one job, one batch")
 
     @field_validator(*NUMBERS, mode="before")
     @classmethod
-    def _json_number(cls, value):
+    def _json_number(cls, value: object) -> object:
         # JSON's types, as the API's schema says: "64" and true are not numbers (pydantic's lax
         # mode would take them); 64.0 is an integer, as in JSON Schema.
         if isinstance(value, str | bool):
@@ -165,7 +166,7 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _model_defaults(cls, data):
+    def _model_defaults(cls, data: object) -> object:
         # Fields left out take the chosen model's own pipeline defaults (Kandinsky 3: 1024 px,
         # 25 steps, guidance 3), not Kandinsky 2.2's.
         if isinstance(data, dict):
@@ -212,8 +213,8 @@ class JobSpec(BaseModel):
                     f"{name}|must be a multiple of {limits.size_multiple} for {self.model} "
                     f"(got {getattr(self, name)})"
                 )
-        for rule in family.rules:
-            broken = rule(self)
+        for check in family.rules:
+            broken = check(self)
             if broken:
                 raise ValueError(f"{broken[0]}|{broken[1]}")
         needs, takes = NEEDS, TAKES

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from farm import keys
 from farm.domain.jobs import JobSpec, with_defaults
@@ -27,7 +27,7 @@ def job_index(job_id_: str) -> int:
     return int(job_id_.rsplit("-", 1)[1])
 
 
-class JobIds(Sequence):
+class JobIds(Sequence[str]):
     """The ids of a campaign's jobs, computed (a million ids cost nothing)."""
 
     def __init__(self, campaign_id: str, total: int):
@@ -36,7 +36,13 @@ class JobIds(Sequence):
     def __len__(self) -> int:
         return self.total
 
-    def __getitem__(self, i):
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+
+    def __getitem__(self, i: int | slice) -> str | list[str]:
         if isinstance(i, slice):
             return [job_id(self.campaign_id, n) for n in range(*i.indices(self.total))]
         if i < 0:
@@ -54,11 +60,12 @@ class Manifest:
     tenant: str
     prefix: str
     total: int
-    spec: dict  # the campaign spec as submitted (CampaignSpec, JSON mode)
+    spec: dict[str, Any]  # the campaign spec as submitted (CampaignSpec, JSON mode)
     created_at: float
     seeds: list[int] | None = None  # a grid's seeds (drawn when the spec gave a count)
     chunks: int = 0  # explicit job lists: how many chunk objects
-    _grid_axes: list = field(default_factory=list, repr=False)
+    # A grid's parameter names and how many values each has, worked out once.
+    _grid_axes: tuple[list[str], list[int]] | None = field(default=None, repr=False)
 
     def header(self) -> dict[str, Any]:
         return {
@@ -77,7 +84,7 @@ class Manifest:
         }
 
     @classmethod
-    def from_header(cls, data: dict) -> Manifest:
+    def from_header(cls, data: dict[str, Any]) -> Manifest:
         return cls(
             campaign_id=data["campaign_id"],
             tenant=data["tenant"],
@@ -106,9 +113,9 @@ class Manifest:
     def grid_spec(self, index: int) -> JobSpec:
         """Job ``index`` of a grid (validated again; the submission checked every value)."""
         grid = self.spec["grid"]
-        if not self._grid_axes:
+        if self._grid_axes is None:
             names = list(grid.get("params") or {})
-            self._grid_axes = [names, [len(grid["params"][n]) for n in names]]
+            self._grid_axes = (names, [len(grid["params"][n]) for n in names])
         names, sizes = self._grid_axes
         seeds = self.seeds or []
         rest, seed_i = divmod(index, len(seeds))
@@ -116,14 +123,16 @@ class Manifest:
         for size in sizes:
             combo *= size
         prompt_i, combo_i = divmod(rest, combo)
-        values = {}
+        values: dict[str, Any] = {}
         for name, size in zip(reversed(names), reversed(sizes), strict=True):
             combo_i, at = divmod(combo_i, size)
             values[name] = grid["params"][name][at]
         own = {**values, "prompt": grid["prompts"][prompt_i], "seed": seeds[seed_i]}
         return JobSpec.parse(with_defaults(self.spec.get("defaults") or {}, own))
 
-    def jobs(self, start: int, stop: int, chunk: Callable[[int], list[dict]]) -> list[JobSpec]:
+    def jobs(
+        self, start: int, stop: int, chunk: Callable[[int], list[dict[str, Any]]]
+    ) -> list[JobSpec]:
         """Jobs ``start`` to ``stop - 1``; ``chunk(n)`` reads chunk ``n`` of an explicit list."""
         stop = min(stop, self.total)
         if self.is_grid:
@@ -135,6 +144,6 @@ class Manifest:
         return out
 
 
-def chunked(specs: list[JobSpec]) -> list[list[dict]]:
+def chunked(specs: list[JobSpec]) -> list[list[dict[str, Any]]]:
     """An explicit job list as manifest chunks of ``CHUNK`` specs each."""
     return [[s.to_dict() for s in specs[i : i + CHUNK]] for i in range(0, len(specs), CHUNK)]

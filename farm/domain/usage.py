@@ -8,14 +8,19 @@ that kind of compute, from settings.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def usage_field(stage: str, family: str, device: str) -> str:
     return f"{stage}:{family}:{'gpu' if device.startswith('cuda') else 'cpu'}"
 
 
-def summary(raws: list[dict[str, float]], prices: dict[str, float], currency: str) -> dict:
+def summary(
+    raws: list[dict[str, float]], prices: dict[str, float], currency: str
+) -> dict[str, Any]:
     """One usage view over several usage hashes (one campaign's, or a tenant's campaigns)."""
-    images, compute, by_kind = 0, {}, {"cpu": 0.0, "gpu": 0.0}
+    images, by_kind = 0, {"cpu": 0.0, "gpu": 0.0}
+    compute: dict[str, dict[str, float]] = {}
     for raw in raws:
         for name, value in raw.items():
             if name == "images":

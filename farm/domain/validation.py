@@ -7,14 +7,15 @@ this module stays free of IO like the rest of the domain.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from typing import Any
 
 from farm.domain.jobs import JobSpec
 from farm.errors import InputNotFound, InvalidJob
 from farm.families import get
 
 
-def check_enabled(specs: list[JobSpec], enabled) -> None:
+def check_enabled(specs: list[JobSpec], enabled: Collection[str]) -> None:
     """Every job's family is one this farm accepts (``FARM_MODELS``)."""
     for index, spec in enumerate(specs):
         if spec.model not in enabled:
@@ -25,9 +26,15 @@ def check_enabled(specs: list[JobSpec], enabled) -> None:
             )
 
 
-def check_inputs(specs: list[JobSpec], meta: Callable[[str], dict | None]) -> None:
+def check_inputs(specs: list[JobSpec], meta: Callable[[str], dict[str, Any] | None]) -> None:
     """Uploads exist (``meta`` gives an upload's stored metadata, or None) and a mask matches
     its image; a chained job reads an earlier job of the same campaign (so there is no cycle)."""
+
+    def found(ref: str) -> dict[str, Any]:
+        data = meta(ref)
+        assert data is not None  # every upload was looked up first, in this job's own loop
+        return data
+
     for index, spec in enumerate(specs):
         fields = [("image", spec.image), ("mask", spec.mask), ("hint", spec.hint)]
         fields += [
@@ -59,7 +66,7 @@ def check_inputs(specs: list[JobSpec], meta: Callable[[str], dict | None]) -> No
             if ref is None:
                 continue
             if ref.startswith("in:"):
-                size = (int(meta(ref)["width"]), int(meta(ref)["height"]))
+                size = (int(found(ref)["width"]), int(found(ref)["height"]))
             else:
                 parent = specs[int(ref[4:])]
                 size = (parent.width, parent.height)
@@ -76,7 +83,7 @@ def check_inputs(specs: list[JobSpec], meta: Callable[[str], dict | None]) -> No
             and spec.mask.startswith("in:")
             and spec.image.startswith("in:")
         ):
-            im, mk = meta(spec.image), meta(spec.mask)
+            im, mk = found(spec.image), found(spec.mask)
             if (im["width"], im["height"]) != (mk["width"], mk["height"]):
                 raise InvalidJob(
                     "mask",

@@ -64,7 +64,7 @@ def part_settings() -> dict[str, Part]:
 
 
 def markdown_matrix() -> str:
-    """Model x task -> supported, as the README's table (`farm capabilities`)."""
+    """Model x task -> supported, as docs/capabilities.md's table (`farm capabilities`)."""
     names = tasks()
     rows = ["| model | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for name, family in REGISTRY.items():

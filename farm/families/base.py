@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 STAGES = ("prior", "decoder")
 DEPTH_ESTIMATION = "transformers:depth-estimation"  # a part loaded with transformers.pipeline
@@ -85,7 +86,9 @@ class Limits:
 
 
 # A family-specific rule: returns (field, message) when a job breaks it.
-Rule = Callable[[object], tuple[str, str] | None]
+# It is called with the job's ``farm.domain.jobs.JobSpec``, typed Any here: the domain imports
+# this registry, and the project has no import cycle, not even one for types.
+Rule = Callable[[Any], tuple[str, str] | None]
 
 
 @dataclass(frozen=True)

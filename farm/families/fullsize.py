@@ -15,7 +15,19 @@ import gc
 import json
 import struct
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from diffusers import ModelMixin
+    from transformers import CLIPTokenizer, PreTrainedModel
+
+    from farm.families.base import Part
+
+# ``farm.settings.Settings``, typed Any here: it imports this module, and the project has no
+# import cycle, not even one for types.
+SettingsLike = Any
 
 CONFIGS = Path(__file__).resolve().parent / "full"
 FULL_MARKER = "farm-full.json"  # beside a full-size stand-in: random weights, real shapes
@@ -23,7 +35,7 @@ SHARD = "2GB"  # safetensors serialises a file in memory: small shards keep the 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1}
 
 
-def config_dir(part, *, buildable: bool = True) -> Path | None:
+def config_dir(part: Part, *, buildable: bool = True) -> Path | None:
     """The full-size config folder of ``part`` (matched by its stand-in folder name), or None.
 
     ``buildable``: skip folders marked ``_counted_only`` (Kandinsky 3: its configs are there to
@@ -41,22 +53,23 @@ def config_dir(part, *, buildable: bool = True) -> Path | None:
     return None
 
 
-def stand_in_folder(settings, part) -> Path:
+def stand_in_folder(settings: SettingsLike, part: Part) -> Path:
     """Where a part set to 'tiny' is read from: full/ when FARM_STAND_IN=full and it has one."""
     if getattr(settings, "stand_in", "tiny") == "full" and config_dir(part) is not None:
-        return settings.state_dir.resolve() / "models" / "full" / part.tiny
-    return settings.tiny_dir / part.tiny
+        return Path(settings.state_dir.resolve(), "models", "full", part.tiny)
+    return Path(settings.tiny_dir, part.tiny)
 
 
 def is_full(folder: str | Path) -> bool:
     return (Path(folder) / FULL_MARKER).is_file()
 
 
-def _read(folder: Path, name: str) -> dict:
-    return json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+def _read(folder: Path, name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+    return data
 
 
-def _public(config: dict) -> dict:
+def _public(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
@@ -66,7 +79,7 @@ def components(folder: Path) -> dict[str, tuple[str, str]]:
     return {k: tuple(v) for k, v in index.items() if not k.startswith("_")}
 
 
-def model(folder: Path, name: str, *, meta: bool = False):
+def model(folder: Path, name: str, *, meta: bool = False) -> ModelMixin | PreTrainedModel:
     """One model component with random weights (seeded), or on the meta device (no memory)."""
     import contextlib
 
@@ -110,7 +123,7 @@ def parameters(folder: Path) -> dict[str, int]:
     }
 
 
-def _tokenizer(spec: dict):
+def _tokenizer(spec: dict[str, Any]) -> CLIPTokenizer:
     """A CLIP BPE tokenizer of the real vocabulary size, built offline: the 512 byte tokens,
     byte-pair merges up to the size, the special tokens last (ids 49406, 49407 as in CLIP)."""
     from transformers import CLIPTokenizer
@@ -120,7 +133,7 @@ def _tokenizer(spec: dict):
     chars = _bytes_to_unicode()
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
-    merges = []
+    merges: list[tuple[str, str]] = []
     size = spec["vocab_size"] - 2
     for a in chars:
         for b in chars:
@@ -135,7 +148,7 @@ def _tokenizer(spec: dict):
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=spec["model_max_length"])
 
 
-def _other(folder: Path, name: str, cls_name: str):
+def _other(folder: Path, name: str, cls_name: str) -> Any:
     """A component without weights: scheduler, tokenizer, image processor."""
     import diffusers
 
@@ -151,7 +164,13 @@ def _other(folder: Path, name: str, cls_name: str):
     return getattr(diffusers, cls_name).from_config(_public(config))
 
 
-def build(folder: Path, out: Path, *, family: str = "", progress=None) -> dict[str, dict]:
+def build(
+    folder: Path,
+    out: Path,
+    *,
+    family: str = "",
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, dict[str, float]]:
     """Write the full-size stand-in of one part, one component at a time.
 
     Returns:
@@ -166,7 +185,7 @@ def build(folder: Path, out: Path, *, family: str = "", progress=None) -> dict[s
     out.mkdir(parents=True, exist_ok=True)
     index = {"_class_name": _read(folder, "model_index")["_class_name"]}
     index["_diffusers_version"] = diffusers.__version__
-    stats: dict[str, dict] = {}
+    stats: dict[str, dict[str, float]] = {}
     for name, (library, cls_name) in components(folder).items():
         t0 = time.perf_counter()
         if is_model(library, cls_name):
@@ -214,7 +233,7 @@ def weight_bytes(folder: str | Path) -> dict[str, int]:
     return {"parameters": params, "bytes": size}
 
 
-def pinned(settings, other, families):
+def pinned(settings: SettingsLike, other: SettingsLike, families: Iterable[str]) -> SettingsLike:
     """``other`` (settings with another state folder: ``farm bench``'s own stack) reading the
     full-size stand-ins where ``settings`` has them: GBs are built once, not per state folder."""
     from farm.families import get

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import farm.families.tiny as tiny
 from farm.families.base import Family, Part, Pipe, Task
 
@@ -40,7 +42,7 @@ INPAINT = Part(
 )
 
 
-def _square_img2img(spec) -> tuple[str, str] | None:
+def _square_img2img(spec: Any) -> tuple[str, str] | None:  # a JobSpec (base.Rule)
     # KandinskyImg2ImgPipeline hands (width, height) to a preprocess that takes (height, width):
     # any other size fails mid-job.
     if spec.task == "img2img" and spec.height != spec.width:

@@ -11,9 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from farm.errors import ModelError
 from farm.families.base import DEPTH_ESTIMATION, Family, Part
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 WEIGHTS = ("*.safetensors", "*.bin")
 
@@ -35,7 +39,8 @@ def _is_hub_id(location: str) -> bool:
 
 def _class_of(index: Path) -> str:
     try:
-        return json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
+        name: str = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
+        return name
     except (OSError, ValueError):
         return ""
 
@@ -123,8 +128,11 @@ def load(
     device: str = "cpu",
     dtype: str = "float32",
     speed: Speed | None = None,
-):
+) -> Any:
     """Load a part on ``device`` in ``dtype``, progress bars off, with ``speed``'s switches.
+
+    Returns:
+        A diffusers pipeline, or a transformers depth-estimation pipeline (DEPTH_ESTIMATION).
 
     Raises:
         ModelError: with what to do, when the weights are not there.
@@ -173,7 +181,7 @@ class Speed:
     cpu_offload: bool = False
 
 
-def tune(pipe, device: str, speed: Speed):
+def tune(pipe: DiffusionPipeline, device: str, speed: Speed) -> DiffusionPipeline:
     """Apply ``speed`` to a loaded pipeline and place it on ``device``."""
     import torch
 
@@ -195,7 +203,7 @@ def tune(pipe, device: str, speed: Speed):
     return pipe
 
 
-def derive(base, part: Part, cls_name: str):
+def derive(base: DiffusionPipeline, part: Part, cls_name: str) -> DiffusionPipeline:
     """``cls_name`` over a loaded part's weights: the part itself when it is that class,
     ``from_pipe`` for AutoPipelines, else that class built from the same components
     (img2img over text-to-image). Never new weights."""

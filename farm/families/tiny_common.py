@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, UNet2DConditionModel, VQModel
+    from transformers import CLIPTokenizer
 
 TINY_MARKER = "farm-tiny.json"  # written beside a tiny pipeline so the farm can say it is one
 EMBED_DIM = 32
@@ -26,7 +31,7 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(c) for c in cs]
 
 
-def _clip_tokenizer():
+def _clip_tokenizer() -> CLIPTokenizer:
     """A CLIP tokenizer over the 256 byte characters (no merges), built in memory."""
     from transformers import CLIPTokenizer
 
@@ -47,7 +52,7 @@ def _mark(family: str, *folders: Path) -> None:
         (d / TINY_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
 
 
-def _sd_vae(**extra):
+def _sd_vae(**extra: Any) -> AutoencoderKL:
     """A seeded tiny AutoencoderKL with four blocks: the real VAE's scale factor of 8."""
     import torch
     from diffusers import AutoencoderKL
@@ -65,7 +70,7 @@ def _sd_vae(**extra):
     )
 
 
-def _movq():
+def _movq() -> VQModel:
     import torch
     from diffusers import VQModel
 
@@ -87,7 +92,7 @@ def _movq():
     )
 
 
-def _kandinsky_unet(in_channels: int, addition: str, hid_proj: str):
+def _kandinsky_unet(in_channels: int, addition: str, hid_proj: str) -> UNet2DConditionModel:
     """The tiny Kandinsky 2.x decoder UNet (as diffusers' tests build it), seeded.
 
     Args:

@@ -4,6 +4,7 @@ ControlNet decoder and its depth estimator."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from farm.families.tiny_common import (
     EMBED_DIM,
@@ -14,8 +15,12 @@ from farm.families.tiny_common import (
     is_tiny,
 )
 
+if TYPE_CHECKING:
+    from diffusers import DDPMScheduler
+    from transformers import XLMRobertaTokenizerFast
 
-def _prior_components() -> dict:
+
+def _prior_components() -> dict[str, Any]:
     import torch
     from diffusers import PriorTransformer, UnCLIPScheduler
     from transformers import (
@@ -92,7 +97,7 @@ def _prior_components() -> dict:
     }
 
 
-def k22_scheduler():
+def k22_scheduler() -> DDPMScheduler:
     """The DDPM scheduler the real 2.2 decoder ships (these settings)."""
     from diffusers import DDPMScheduler
 
@@ -108,7 +113,7 @@ def k22_scheduler():
     )
 
 
-def _decoder_components(in_channels: int = 4) -> dict:
+def _decoder_components(in_channels: int = 4) -> dict[str, Any]:
     unet = _kandinsky_unet(in_channels, "image", "image_proj")
     return {"unet": unet, "scheduler": k22_scheduler(), "movq": _movq()}
 
@@ -159,7 +164,7 @@ def build_k22_inpaint(out: Path) -> None:
     _prior_card(out)
 
 
-def _xlmr_tokenizer():
+def _xlmr_tokenizer() -> XLMRobertaTokenizerFast:
     """An XLM-RoBERTa tokenizer over ASCII pieces (Unigram + Metaspace), offline."""
     import string
 
@@ -191,7 +196,7 @@ def _xlmr_tokenizer():
     )
 
 
-def _k21_components(in_channels: int) -> dict:
+def _k21_components(in_channels: int) -> dict[str, Any]:
     import torch
     from diffusers import DDIMScheduler
     from diffusers.pipelines.kandinsky.text_encoder import MCLIPConfig, MultilingualCLIP

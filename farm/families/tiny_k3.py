@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from farm.families.tiny_common import (
     _mark,
     _movq,
 )
 
+if TYPE_CHECKING:
+    from transformers import T5TokenizerFast
 
-def _t5_tokenizer():
+
+def _t5_tokenizer() -> T5TokenizerFast:
     """A T5 tokenizer over ASCII pieces (Unigram + Metaspace, as T5's sentencepiece), offline."""
     import string
 

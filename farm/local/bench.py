@@ -53,11 +53,12 @@ def baseline(settings: Settings, specs: list[dict], out: Path) -> dict:
     from farm.families.loading import load
 
     family = get(specs[0]["model"])
-    decoder_part = family.part(family.tasks["text2img"].decoder.part)
+    text2img = family.tasks["text2img"]
+    decoder_part = family.part(text2img.decoder.part)
     decoder = load(decoder_part, settings.location(decoder_part))
     prior = None
-    if family.two_stage:
-        prior_part = family.part(family.tasks["text2img"].prior.part)
+    if family.two_stage and text2img.prior is not None:
+        prior_part = family.part(text2img.prior.part)
         prior = load(prior_part, settings.location(prior_part))
     out.mkdir(parents=True, exist_ok=True)
     t_prior = t_decoder = t_png = 0.0
@@ -257,7 +258,7 @@ def run(
 
 
 def table(r: dict) -> str:
-    """The README's table: one row per figure."""
+    """The table in docs/throughput.md: one row per figure."""
     f, (b1, b2) = r["farm"], r["baseline"]
     p = r["params"]
 

@@ -110,10 +110,10 @@ def run(
             campaign = client.submit_campaign(jobs, name="demo")
             status = campaign.wait(timeout=timeout, progress=True, poll_s=0.25)
             if status["counts"]["done"] != len(jobs):
-                failed = next(campaign.results(state="failed"), {})
+                failed = next(campaign.results(state="failed"), None)
                 raise SystemExit(
                     f"demo jobs did not all finish: {status['counts']}; "
-                    f"first error: {failed.get('error')}"
+                    f"first error: {failed.get('error') if failed is not None else None}"
                 )
             results = list(campaign.results())
             got = _download(campaign, out_dir, deadline=time.monotonic() + 60)
@@ -131,7 +131,7 @@ def run(
             "results": str(got["results"]),
             "flower_url": state.get("flower_url"),
             "api_url": live.api_url,
-            "gallery_url": live.api_url.rstrip("/") + link["path"],
+            "gallery_url": (live.api_url or "").rstrip("/") + link["path"],
             "tiny_models": settings.uses_tiny,
             "seconds": round(time.perf_counter() - t0, 2),
         }

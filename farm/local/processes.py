@@ -50,7 +50,10 @@ def child_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
     env.update(settings.worker_env())
     env["PYTHONUNBUFFERED"] = "1"
-    root = str(Path(__file__).resolve().parent.parent)
+    # The checkout root (farm/local/processes.py -> the folder holding farm/ and workers/), so a
+    # child imports this checkout's packages; farm/ itself there would turn its modules into
+    # top-level ones (``metrics``, ``plan``) that shadow any of the same name.
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     if settings.uses_tiny:
         env["HF_HUB_OFFLINE"] = "1"

@@ -118,8 +118,9 @@ class Stack:
             StackError: a part failed to start (everything started so far is stopped).
         """
         self._progress = progress or (lambda line: None)
-        if self.running():
-            return self.read_state()
+        running = self.read_state() if self.running() else None
+        if running is not None:
+            return running
         self.down()  # a half-dead stack from a crash: clear it before starting anew
         ports = self._check_ports()
         # Credentials, logs, AOF and object data: readable by this user only.

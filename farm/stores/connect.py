@@ -15,10 +15,16 @@ primary: Celery's broker and result backend (kombu's ``sentinel`` transport) do 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.sentinel import Sentinel
+
+from farm.errors import ConfigError
+
+if TYPE_CHECKING:
+    from farm.settings import Settings
 
 SCHEME = "sentinel"
 
@@ -34,7 +40,19 @@ class SentinelTarget:
 
 
 def is_sentinel(url: str | None) -> bool:
-    return bool(url) and url.strip().lower().startswith(SCHEME + "://")
+    return url is not None and url.strip().lower().startswith(SCHEME + "://")
+
+
+# redis-py types every reply as bytes or str (str with ``decode_responses``); the farm's clients
+# never decode, so a reply is bytes. These say so once, and stay right for either kind.
+def text(reply: bytes | str) -> str:
+    """A Redis reply as text."""
+    return reply.decode() if isinstance(reply, bytes) else reply
+
+
+def blob(reply: bytes | str) -> bytes:
+    """A Redis reply as bytes."""
+    return reply if isinstance(reply, bytes) else reply.encode()
 
 
 def parse_sentinel(url: str) -> SentinelTarget:
@@ -66,7 +84,7 @@ def parse_sentinel(url: str) -> SentinelTarget:
     return SentinelTarget(tuple(hosts), username, password, db)
 
 
-def redis_client(settings, **kwargs) -> redis.Redis:
+def redis_client(settings: Settings, **kwargs: Any) -> redis.Redis:
     """A client of the farm's Redis (``settings.redis_url``), through Sentinel when it says so.
 
     Args:
@@ -76,6 +94,8 @@ def redis_client(settings, **kwargs) -> redis.Redis:
             ``socket_connect_timeout`` ...), for the data connections.
     """
     url = settings.redis_url
+    if url is None:
+        raise ConfigError("FARM_REDIS_URL not set and no local stack is running: run `farm up`")
     if not is_sentinel(url):
         return redis.Redis.from_url(url, **kwargs)
     target = parse_sentinel(url)
@@ -84,20 +104,21 @@ def redis_client(settings, **kwargs) -> redis.Redis:
     if settings.redis_sentinel_password is not None:
         sentinel_kwargs["password"] = settings.redis_sentinel_password.get_secret_value()
     sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs)
-    return sentinel.master_for(
+    client: redis.Redis = sentinel.master_for(  # redis-py leaves master_for unannotated
         settings.redis_master,
         username=target.username,
         password=target.password,
         db=target.db,
         **kwargs,
     )
+    return client
 
 
-def transport_options(settings) -> dict:
+def transport_options(settings: Settings) -> dict[str, Any]:
     """The Sentinel part of kombu's / Celery's transport options (empty for a plain URL)."""
     if not is_sentinel(settings.redis_url):
         return {}
-    out: dict = {"master_name": settings.redis_master}
+    out: dict[str, Any] = {"master_name": settings.redis_master}
     if settings.redis_sentinel_password is not None:
         # Celery masks every setting whose name holds "pass" when it lists its configuration.
         out["sentinel_kwargs"] = {"password": settings.redis_sentinel_password.get_secret_value()}

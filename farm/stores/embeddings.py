@@ -8,7 +8,9 @@ execute anything.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import redis
 import torch
@@ -17,6 +19,10 @@ from safetensors.torch import save as st_save
 
 from farm import keys
 from farm.errors import ServiceUnavailable
+from farm.stores.connect import blob
+
+if TYPE_CHECKING:
+    from farm.domain.jobs import JobSpec
 
 NAMES = ("image_embeds", "negative_image_embeds")
 
@@ -73,21 +79,21 @@ class EmbeddingStore:
             raw = self.client.mget([keys.embeddings(j) for j in job_ids]) if job_ids else []
         except redis.RedisError as e:
             raise ServiceUnavailable(f"redis: cannot read embeddings: {e}") from e
-        return [None if r is None else Embeddings.from_bytes(r) for r in raw]
+        return [None if r is None else Embeddings.from_bytes(blob(r)) for r in raw]
 
     def delete_many(self, job_ids: list[str]) -> None:
         if job_ids:
             self.client.delete(*(keys.embeddings(j) for j in job_ids))
 
-    def cached(self, specs) -> list[Embeddings | None]:
+    def cached(self, specs: Sequence[JobSpec]) -> list[Embeddings | None]:
         """Earlier prior results for these specs (same family, prompts, seed, prior settings)."""
         try:
             raw = self.client.mget([keys.prior_cache(prior_digest(s)) for s in specs])
         except redis.RedisError as e:
             raise ServiceUnavailable(f"redis: {e}") from e
-        return [Embeddings.from_bytes(r) if r is not None else None for r in raw]
+        return [Embeddings.from_bytes(blob(r)) if r is not None else None for r in raw]
 
-    def cache(self, items: list[tuple[object, Embeddings]]) -> None:
+    def cache(self, items: Sequence[tuple[JobSpec, Embeddings]]) -> None:
         """Keep prior results so a campaign re-rendering a prompt skips the prior."""
         try:
             pipe = self.client.pipeline(transaction=False)
@@ -98,7 +104,7 @@ class EmbeddingStore:
             raise ServiceUnavailable(f"redis: {e}") from e
 
 
-def prior_digest(spec) -> str:
+def prior_digest(spec: JobSpec) -> str:
     """What a text prior's output depends on, hashed: family, prompts, seed, prior settings."""
     import hashlib
     import json

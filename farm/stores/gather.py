@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 import redis
 
 from farm import keys
-from farm.domain.batching import batch_key
+from farm.domain.batching import BatchKey, batch_key
 from farm.domain.jobs import JobSpec
 from farm.errors import ServiceUnavailable
 
@@ -69,14 +70,18 @@ return out
 """
 
 
-def open_list(queue: str, batch_key: tuple) -> str:
+# What makes a message claimable: (queue, batch key, message id, payload).
+Offer = tuple[str, BatchKey, str, dict[str, Any]]
+
+
+def open_list(queue: str, batch_key: BatchKey) -> str:
     """Redis list of the offered messages of one queue and batch key, oldest first."""
     return keys.open_messages(queue, hashlib.sha256(repr(batch_key).encode()).hexdigest()[:20])
 
 
 def offer_for(
-    queue: str, spec: JobSpec, message_id: str, payload: dict, batch_max: int
-) -> tuple | None:
+    queue: str, spec: JobSpec, message_id: str, payload: dict[str, Any], batch_max: int
+) -> Offer | None:
     """The offer for a decoder message that has room in its render, or None (full, or its
     jobs never batch)."""
     key = batch_key(spec)
@@ -93,7 +98,7 @@ class Gathering:
         self.ttl_s = ttl_s
         self._gather = client.register_script(_GATHER)
 
-    def offer(self, offers: list[tuple[str, tuple, str, dict]]) -> None:
+    def offer(self, offers: list[Offer]) -> None:
         """Make messages with room claimable, one round trip: (queue, batch key, message id,
         payload) each. Called before they are sent, so none is claimed after its own
         delivery started."""
@@ -110,7 +115,9 @@ class Gathering:
         except redis.RedisError as e:
             raise ServiceUnavailable(f"redis: cannot offer messages: {e}") from e
 
-    def gather(self, queue: str, batch_key: tuple, message_id: str, room: int) -> list[dict] | None:
+    def gather(
+        self, queue: str, batch_key: BatchKey, message_id: str, room: int
+    ) -> list[dict[str, Any]] | None:
         """Claim offered messages for ``message_id`` until ``room`` jobs more are taken.
 
         Returns every payload this message has claimed (again, after a redelivery), or None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import boto3
 from botocore.config import Config
@@ -12,8 +13,11 @@ from farm import metrics
 from farm.errors import NotFound, ServiceUnavailable
 from farm.settings import Settings
 
+# boto3 ships no type information (and no stub package is installed): its clients are Any.
+S3Client = Any
 
-def s3_client(settings: Settings):
+
+def s3_client(settings: Settings) -> S3Client:
     """A boto3 S3 client for the configured endpoint (path-style: works with any store)."""
     settings.require_endpoints("s3_endpoint")
     secret = settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None
@@ -36,7 +40,7 @@ def s3_client(settings: Settings):
 class ObjectStore:
     """Put and get objects in the farm's bucket."""
 
-    def __init__(self, client, bucket: str):
+    def __init__(self, client: S3Client, bucket: str):
         self.client = client
         self.bucket = bucket
 
@@ -54,7 +58,9 @@ class ObjectStore:
         except BotoCoreError as e:
             raise ServiceUnavailable(f"s3: {e}") from e
 
-    def put(self, key: str, data: bytes, content_type: str, metadata: dict | None = None) -> None:
+    def put(
+        self, key: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None
+    ) -> None:
         try:
             self.client.put_object(
                 Bucket=self.bucket,
@@ -67,7 +73,7 @@ class ObjectStore:
             raise ServiceUnavailable(f"s3: cannot put {key}: {e}") from e
         metrics.uploaded(content_type, len(data))
 
-    def put_file(self, key: str, path, content_type: str) -> None:
+    def put_file(self, key: str, path: str | Path, content_type: str) -> None:
         """A file of any size (multipart above boto3's threshold), never read whole."""
         try:
             self.client.upload_file(
@@ -85,7 +91,8 @@ class ObjectStore:
 
     def get(self, key: str) -> bytes:
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            data: bytes = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return data
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
                 raise NotFound(f"s3://{self.bucket}/{key} does not exist") from e
@@ -93,10 +100,13 @@ class ObjectStore:
         except BotoCoreError as e:
             raise ServiceUnavailable(f"s3: cannot get {key}: {e}") from e
 
-    def head(self, key: str) -> dict | None:
+    def head(self, key: str) -> dict[str, str] | None:
         """The object's user metadata, or None if it does not exist."""
         try:
-            return self.client.head_object(Bucket=self.bucket, Key=key).get("Metadata", {})
+            meta: dict[str, str] = self.client.head_object(Bucket=self.bucket, Key=key).get(
+                "Metadata", {}
+            )
+            return meta
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
@@ -121,6 +131,7 @@ class ObjectStore:
         return f"s3://{self.bucket}/{key}"
 
     def presigned_url(self, key: str, expires_s: int = 900) -> str:
-        return self.client.generate_presigned_url(
+        url: str = self.client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
         )
+        return url

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
+from typing import Any, cast
 
 import redis
 
@@ -18,19 +19,16 @@ from farm import keys
 from farm.domain.jobs import JobRecord, JobSpec, JobState
 from farm.domain.manifest import JobIds
 from farm.errors import NotFound, ServiceUnavailable
+from farm.stores.connect import text
+from farm.stores.transitions import _ADD, _TRANSITION, _UPDATE, _states
 
-# The scripts and fences live in ``transitions``; callers import them from here too.
-from farm.stores.transitions import (  # noqa: F401 - re-exported
-    _ADD,
-    _TRANSITION,
-    _UPDATE,
-    ACTIVE,
-    TERMINAL,
-    _states,
-    own_fence,
-    start_fence,
-    unmoved_fence,
-)
+# The scripts and fences live in ``transitions``; callers import the fences and state sets from
+# here too (``X as X``: an explicit re-export).
+from farm.stores.transitions import ACTIVE as ACTIVE
+from farm.stores.transitions import TERMINAL as TERMINAL
+from farm.stores.transitions import own_fence as own_fence
+from farm.stores.transitions import start_fence as start_fence
+from farm.stores.transitions import unmoved_fence as unmoved_fence
 
 BATCH = 1000  # commands per pipelined round trip
 
@@ -78,7 +76,7 @@ class RecordStore:
                     "callback_url": callback_url or "",
                 },
             )
-            pipe.hset(counts, mapping={s.value: 0 for s in JobState} | {"queued": total})
+            pipe.hset(counts, mapping={**{s.value: 0 for s in JobState}, "queued": total})
             pipe.zadd(keys.tenant_campaigns(tenant), {campaign_id: now})
             fams = keys.campaign_families(campaign_id)
             pipe.sadd(fams, *families)
@@ -125,7 +123,7 @@ class RecordStore:
         """The model families a campaign's jobs use."""
         try:
             return sorted(
-                f.decode() for f in self.client.smembers(keys.campaign_families(campaign_id))
+                text(f) for f in self.client.smembers(keys.campaign_families(campaign_id))
             )
         except redis.RedisError as e:
             raise ServiceUnavailable(f"redis: {e}") from e
@@ -140,14 +138,14 @@ class RecordStore:
         allowed: Iterable[JobState],
         *,
         fence: str = "",
-        **fields,
+        **fields: object,
     ) -> tuple[bool, JobState | None, bool]:
         """Move a job to ``to`` if it is in one of ``allowed`` (and the ``fence`` holds).
 
         Returns:
             (moved, the state it was in, whether this move finished the campaign).
         """
-        argv: list = [to.value, time.time(), _states(allowed), fence]
+        argv: list[str | float] = [to.value, time.time(), _states(allowed), fence]
         for name, value in fields.items():
             argv += [name, value if isinstance(value, str | int | float) else json.dumps(value)]
         try:
@@ -209,7 +207,7 @@ class RecordStore:
     def moves(
         self,
         campaign_id: str,
-        moves: list[tuple[str, dict]],
+        moves: list[tuple[str, dict[str, Any]]],
         to: JobState,
         allowed: Iterable[JobState],
         *,
@@ -234,7 +232,9 @@ class RecordStore:
             pipe = self.client.pipeline(transaction=False)
             for job_id, values in (timings or {}).items():
                 if values:
-                    argv = [0]  # no TTL change: only an existing record gets timings
+                    argv: list[str | float] = [
+                        0
+                    ]  # no TTL change: only an existing record gets timings
                     for k, v in values.items():
                         argv += [f"t_{k}", round(v, 6)]
                     self._update(keys=[keys.job(job_id)], args=argv, client=pipe)
@@ -243,7 +243,7 @@ class RecordStore:
                     pipe.hincrbyfloat(keys.campaign_usage(campaign_id), name, amount)
                 pipe.expire(keys.campaign_usage(campaign_id), self.ttl_s)
             for job_id, fields in moves:
-                argv: list = [to.value, now, allowed_s, fence]
+                argv = [to.value, now, allowed_s, fence]
                 for name, value in fields.items():
                     argv += [name, value]
                 self._transition(keys=[keys.job(job_id), *ck], args=argv, client=pipe)
@@ -298,7 +298,7 @@ class RecordStore:
 
     def state(self, job_id: str) -> JobState | None:
         value = self.client.hget(keys.job(job_id), "state")
-        return None if value is None else JobState(value.decode())
+        return None if value is None else JobState(text(value))
 
     def get(self, job_id: str) -> JobRecord:
         records = self.get_many([job_id])
@@ -321,7 +321,7 @@ class RecordStore:
             raise ServiceUnavailable(f"redis: cannot read jobs: {e}") from e
         return out
 
-    def campaign(self, campaign_id: str) -> dict | None:
+    def campaign(self, campaign_id: str) -> dict[str, Any] | None:
         """The campaign hash and its counts, or None if Redis does not know it."""
         try:
             pipe = self.client.pipeline(transaction=False)
@@ -332,7 +332,7 @@ class RecordStore:
             raise ServiceUnavailable(f"redis: cannot read campaign {campaign_id}: {e}") from e
         if not raw:
             return None
-        info = {k.decode(): v.decode() for k, v in raw.items()}
+        info: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
         info["counts"] = {s.value: 0 for s in JobState} | {
             k.decode(): int(v) for k, v in counts.items()
         }
@@ -358,7 +358,8 @@ class RecordStore:
         return ids[start : (None if stop == -1 else stop + 1)]
 
     def tenant_campaigns(self, tenant: str, limit: int = 100) -> list[str]:
-        ids = self.client.zrevrange(keys.tenant_campaigns(tenant), 0, limit - 1)
+        # Without withscores a range is its members only (redis-py types every range's reply).
+        ids = cast(list[bytes], self.client.zrevrange(keys.tenant_campaigns(tenant), 0, limit - 1))
         return [i.decode() for i in ids]
 
 

@@ -27,6 +27,7 @@ import base64
 import json
 from bisect import bisect
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -78,7 +79,7 @@ class Held:
 
     tag: str
     entry: str  # the hash value as stored: JSON [payload, exchange, routing key]
-    payload: dict
+    payload: dict[str, Any]
     routing_key: str
     holder: str | None  # "<holder>|<received at>"
 
@@ -91,7 +92,7 @@ class Held:
         return (self.payload.get("headers") or {}).get("id")
 
 
-def queue_list(queue: str, payload: dict) -> str:
+def queue_list(queue: str, payload: dict[str, Any]) -> str:
     """The Redis list kombu would put this message back on (its queue, at its priority step)."""
     try:
         priority = max(min(int(payload["properties"]["priority"]), _MAX_PRIORITY), 0)
@@ -165,20 +166,27 @@ class HeldMessages:
     def give_back(self, message: Held) -> bool:
         """Put a dead holder's message back on its queue (marked redelivered, as kombu does).
         False if anything changed since it was read, or its queue is not one of the farm's."""
-        if message.routing_key not in self.queues or not message.holder:
+        holder, holder_id = message.holder, message.holder_id
+        if message.routing_key not in self.queues or not holder or holder_id is None:
             return False
         payload = json.loads(json.dumps(message.payload))
         payload.setdefault("headers", {})["redelivered"] = True
         delivery = payload.setdefault("properties", {}).setdefault("delivery_info", {})
         delivery["redelivered"] = True
-        args = [message.tag, message.entry, message.holder, json.dumps(payload), SAME_DELIVERY_S]
+        args: list[str | float] = [
+            message.tag,
+            message.entry,
+            holder,
+            json.dumps(payload),
+            SAME_DELIVERY_S,
+        ]
         target = queue_list(message.routing_key, payload)
         running = keys.running_message(message.message_id or "")
-        names = [UNACKED, UNACKED_INDEX, keys.HOLDERS, keys.holder(message.holder_id), running]
+        names = [UNACKED, UNACKED_INDEX, keys.HOLDERS, keys.holder(holder_id), running]
         return bool(self._give_back(keys=[*names, target], args=args))
 
 
-def message_jobs(payload: dict) -> tuple[str | None, str | None, list[str]]:
+def message_jobs(payload: dict[str, Any]) -> tuple[str | None, str | None, list[str]]:
     """A kombu message's id, task name and the job ids it carries (none for other tasks)."""
     try:
         _args, kwargs, _ = json.loads(base64.b64decode(payload["body"]))

@@ -301,7 +301,7 @@ def test_async_client_submit_wait_images_against_the_stack(api_url, tokens, tmp_
             assert len(got["images"]) == 4 and got["results"].stat().st_size > 0
             if importlib.util.find_spec("farm.export") is not None:  # helper module, optional
                 stats = await again.export(tmp_path / "dataset", shard_size=2)
-                assert stats.complete and (tmp_path / "dataset" / "stats.json").is_file()
+                assert stats.complete and (tmp_path / "dataset" / "_stats.json").is_file()
             with pytest.raises(NotFound, match="unknown campaign"):
                 await client.campaign("0" * 32)
             with pytest.raises(InvalidJob, match="height"):

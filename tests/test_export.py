@@ -224,3 +224,24 @@ def test_memory_is_flat_in_the_campaign_size(tmp_path, format):
     # Ten times the jobs; the peak may grow by the manifest's shard list, not by the jobs.
     assert large < small * 1.5 + (256 << 10), (small, large)
     assert large < 16 << 20, large
+
+
+@pytest.mark.parametrize("format", ["webdataset", "parquet"])
+def test_hugging_face_datasets_loads_either_format(tmp_path, monkeypatch, format):
+    # What most training code calls: `datasets.load_dataset` with the builder for the format.
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import datasets  # a dev dependency; imported here, after its offline switch is set
+
+    out = tmp_path / "export"
+    stats = export_campaign(mixed(), out, format=format, shard_size=10, fetch=fetch)
+    files = sorted(str(p) for p in out.glob("*.tar" if format == "webdataset" else "*.parquet"))
+    data = datasets.load_dataset(format, data_files=files, split="train", cache_dir=str(tmp_path))
+    assert data.num_rows == stats.samples == 24
+    first = data[0]
+    if format == "webdataset":  # members by extension, decoded: the image, the spec and prompt
+        assert first["png"].size == (8, 9) and first["txt"] == "prompt 0 ✓"
+        assert first["json"]["seed"] == 0
+    else:
+        assert first["prompt"] == "prompt 0 ✓" and first["seed"] == 0
+        assert first["image"] == PNGS[0]

@@ -62,11 +62,11 @@ def export_campaign(
         ServiceUnavailable: S3 or the API failed mid-way; finished shards are kept for a resume.
     """
     check_options(format, shard_size, shard_bytes, state, concurrency, prefix)
-    campaign_id = str(getattr(handle, "campaign_id", None) or handle.id)
+    campaign_id = str(handle.id)
     folder = Path(out).expanduser()
     check_folder(folder)
     status = _status(handle, campaign_id)
-    counts = {k: int(v) for k, v in _as_dict(status.get("counts") or {}).items()}
+    counts = {k: int(v) for k, v in (status.get("counts") or {}).items()}
     fresh = mf.ExportStats(
         campaign_id=campaign_id,
         format=format,
@@ -106,18 +106,9 @@ def export_campaign(
     return stats
 
 
-def _as_dict(value: Any) -> dict[str, Any]:
-    """A status as a dict, whether the client hands a dict or a pydantic model."""
-    if isinstance(value, dict):
-        return value
-    if hasattr(value, "model_dump"):
-        return dict(value.model_dump())
-    return dict(vars(value))
-
-
 def _status(handle: Any, campaign_id: str) -> dict[str, Any]:
     try:
-        return _as_dict(handle.status())
+        return dict(handle.status())  # a CampaignStatus reads as a dict
     except NotFound as e:
         raise NotFound(
             f"campaign {campaign_id} not found ({e}): check the id; `farm ls` lists yours"

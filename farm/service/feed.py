@@ -34,8 +34,8 @@ from farm.errors import ServiceUnavailable
 from farm.families import get
 from farm.service.enqueue import Enqueuer
 from farm.service.manifests import ManifestCache
-from farm.service.replies import text
 from farm.settings import Settings
+from farm.stores.connect import text
 from farm.stores.records import RecordStore
 
 log = logging.getLogger("farm.feeder")

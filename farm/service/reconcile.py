@@ -32,7 +32,7 @@ import redis
 from farm import fleet, keys
 from farm.domain.jobs import JobState
 from farm.service.enqueue import Enqueuer
-from farm.service.replies import text
+from farm.stores.connect import text
 from farm.stores.records import RecordStore
 from farm.stores.transitions import ACTIVE
 from farm.stores.unacked import CONFIRM_S, UNACKED, HeldMessages

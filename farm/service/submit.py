@@ -18,8 +18,8 @@ from farm.domain.validation import check_enabled, check_inputs
 from farm.errors import Conflict, QuotaExceeded, ServiceUnavailable
 from farm.service.feed import Feeding
 from farm.service.manifests import ManifestCache
-from farm.service.replies import text
 from farm.settings import Settings
+from farm.stores.connect import text
 from farm.stores.objects import ObjectStore
 from farm.stores.records import RecordStore
 

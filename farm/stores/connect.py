@@ -45,9 +45,17 @@ def is_sentinel(url: str | None) -> bool:
 
 # redis-py types every reply as bytes or str (str with ``decode_responses``); the farm's clients
 # never decode, so a reply is bytes. These say so once, and stay right for either kind.
-def text(reply: bytes | str) -> str:
-    """A Redis reply as text."""
-    return reply.decode() if isinstance(reply, bytes) else reply
+def text(reply: object) -> str:
+    """A string reply (bytes from the farm's clients; redis-py's types say bytes or str) as text.
+
+    Raises:
+        TypeError: the reply is not a string (a missing key's None, a list).
+    """
+    if isinstance(reply, bytes):
+        return reply.decode()
+    if isinstance(reply, str):
+        return reply
+    raise TypeError(f"expected a Redis string reply, got {type(reply).__name__}")
 
 
 def blob(reply: bytes | str) -> bytes:
